@@ -1,0 +1,224 @@
+//! The per-process worker mode: Normal → PreparingForStop → SafeToStop (SPEC §4).
+//!
+//! Mode and in-flight count live under one mutex so "nothing in flight" and the move to
+//! SafeToStop can never disagree. Claims reserve their slots here first: a claim racing a drain
+//! either reserves before it (and its jobs count as in flight) or gets nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    Normal,
+    PreparingForStop,
+    SafeToStop,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "Normal",
+            Mode::PreparingForStop => "PreparingForStop",
+            Mode::SafeToStop => "SafeToStop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::Normal, Mode::PreparingForStop, Mode::SafeToStop]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub mode: Mode,
+    pub in_flight: usize,
+}
+
+#[derive(Clone)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    status: watch::Sender<Status>,
+    /// Bumped when running stages must be cancelled and their jobs released (drain timeout,
+    /// or a second stop signal). Runners watch it for changes.
+    force: watch::Sender<u64>,
+    drain_timeout: Duration,
+}
+
+struct State {
+    mode: Mode,
+    in_flight: usize,
+    /// Identifies one drain, so a timer left over from a drain that was resumed does nothing.
+    epoch: u64,
+}
+
+impl Lifecycle {
+    pub fn new(drain_timeout: Duration) -> Self {
+        let initial = Status {
+            mode: Mode::Normal,
+            in_flight: 0,
+        };
+        Lifecycle {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    mode: Mode::Normal,
+                    in_flight: 0,
+                    epoch: 0,
+                }),
+                status: watch::channel(initial).0,
+                force: watch::channel(0).0,
+                drain_timeout,
+            }),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        *self.inner.status.borrow()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.status().mode
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.inner.status.subscribe()
+    }
+
+    /// Changes of this value ask every running stage to stop and release its job.
+    pub fn force_release_signal(&self) -> watch::Receiver<u64> {
+        self.inner.force.subscribe()
+    }
+
+    fn publish(&self, st: &State) -> Status {
+        let status = Status {
+            mode: st.mode,
+            in_flight: st.in_flight,
+        };
+        self.inner.status.send_replace(status);
+        status
+    }
+
+    /// Reserves up to `want` slots for jobs about to be claimed; none unless Normal.
+    pub fn try_reserve(&self, want: usize) -> usize {
+        let mut st = self.inner.state.lock().unwrap();
+        if st.mode != Mode::Normal || want == 0 {
+            return 0;
+        }
+        st.in_flight += want;
+        self.publish(&st);
+        want
+    }
+
+    /// Frees `n` slots (a job finished, or a claim returned fewer jobs than reserved).
+    pub fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut st = self.inner.state.lock().unwrap();
+        st.in_flight = st.in_flight.saturating_sub(n);
+        if st.mode == Mode::PreparingForStop && st.in_flight == 0 {
+            st.mode = Mode::SafeToStop;
+            tracing::info!("drained: SafeToStop");
+        }
+        self.publish(&st);
+    }
+
+    /// Normal → PreparingForStop (or straight to SafeToStop when idle). Idempotent.
+    pub fn drain(&self) -> Status {
+        let mut st = self.inner.state.lock().unwrap();
+        if st.mode != Mode::Normal {
+            return self.publish(&st);
+        }
+        st.epoch += 1;
+        if st.in_flight == 0 {
+            st.mode = Mode::SafeToStop;
+            tracing::info!("drain requested while idle: SafeToStop");
+        } else {
+            st.mode = Mode::PreparingForStop;
+            tracing::info!(in_flight = st.in_flight, "drain requested: PreparingForStop");
+            let epoch = st.epoch;
+            let this = self.clone();
+            let timeout = self.inner.drain_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                let st = this.inner.state.lock().unwrap();
+                if st.epoch == epoch && st.mode == Mode::PreparingForStop {
+                    tracing::warn!(
+                        in_flight = st.in_flight,
+                        "drain timeout: cancelling running stages and releasing their jobs"
+                    );
+                    this.inner.force.send_modify(|v| *v += 1);
+                }
+            });
+        }
+        self.publish(&st)
+    }
+
+    /// Back to Normal from either draining mode. Idempotent.
+    pub fn resume(&self) -> Status {
+        let mut st = self.inner.state.lock().unwrap();
+        if st.mode != Mode::Normal {
+            st.epoch += 1;
+            st.mode = Mode::Normal;
+            tracing::info!("resumed: Normal");
+        }
+        self.publish(&st)
+    }
+
+    /// Cancels running stages now and releases their jobs (a second stop signal).
+    pub fn force_release(&self) {
+        self.inner.force.send_modify(|v| *v += 1);
+    }
+
+    /// Resolves once the process reaches SafeToStop.
+    pub async fn safe_to_stop(&self) {
+        let mut rx = self.subscribe();
+        let _ = rx.wait_for(|s| s.mode == Mode::SafeToStop).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_drain_is_immediately_safe_and_resume_returns_to_normal() {
+        let l = Lifecycle::new(Duration::from_secs(5));
+        assert_eq!(l.drain().mode, Mode::SafeToStop);
+        assert_eq!(l.try_reserve(3), 0, "no claims while drained");
+        assert_eq!(l.resume().mode, Mode::Normal);
+        assert_eq!(l.try_reserve(3), 3);
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_in_flight_jobs() {
+        let l = Lifecycle::new(Duration::from_secs(5));
+        l.try_reserve(2);
+        assert_eq!(l.drain().mode, Mode::PreparingForStop);
+        l.release(1);
+        assert_eq!(l.mode(), Mode::PreparingForStop);
+        l.release(1);
+        assert_eq!(l.mode(), Mode::SafeToStop);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_timeout_fires_force_release_only_for_the_current_drain() {
+        let l = Lifecycle::new(Duration::from_secs(10));
+        let mut force = l.force_release_signal();
+        l.try_reserve(1);
+        l.drain();
+        l.resume();
+        l.drain();
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(force.has_changed().unwrap());
+        assert_eq!(*force.borrow_and_update(), 1, "the resumed drain's timer must not fire");
+    }
+}

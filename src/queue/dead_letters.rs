@@ -1,0 +1,168 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{JobStore, Page, QueueError};
+
+/// One dead-lettered job.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub dead_letter_id: i64,
+    pub job_id: i64,
+    pub kind: String,
+    pub bu_id: Option<String>,
+    pub connector: Option<String>,
+    pub failed_stage: Option<String>,
+    pub attempts: i32,
+    pub reason: String,
+    pub dead_at: DateTime<Utc>,
+    pub retried_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DeadLetterFilter {
+    pub kind: Option<String>,
+    pub bu_id: Option<String>,
+    pub connector: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl DeadLetterFilter {
+    pub fn is_empty(&self) -> bool {
+        self.kind.is_none() && self.bu_id.is_none() && self.connector.is_none() && self.since.is_none()
+    }
+}
+
+/// Where a retried job starts again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryFrom {
+    /// The first stage not in its checkpoint.
+    #[default]
+    Checkpoint,
+    /// The first stage, with the checkpoint cleared.
+    Start,
+}
+
+const RETRY_SQL: &str = r#"
+    WITH dl AS (
+        UPDATE dead_letters d SET retried_at = now()
+        FROM jobs j
+        WHERE d.job_id = j.id AND j.state = 'dead' AND d.retried_at IS NULL
+          AND ($1::int8 IS NULL OR d.job_id = $1)
+          AND ($2::text IS NULL OR d.kind = $2)
+          AND ($3::text IS NULL OR d.bu_id = $3)
+          AND ($4::text IS NULL OR d.connector = $4)
+          AND ($5::timestamptz IS NULL OR d.dead_at >= $5)
+        RETURNING d.job_id
+    ),
+    upd AS (
+        UPDATE jobs j
+        SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+            fencing_token = j.fencing_token + 1, updated_at = now(),
+            checkpoint = CASE WHEN $6 THEN '{}'::jsonb ELSE j.checkpoint END,
+            stage = CASE WHEN $6 THEN NULL ELSE j.stage END
+        WHERE j.id IN (SELECT job_id FROM dl)
+        RETURNING j.id, j.stage, j.fencing_token
+    ),
+    ev AS (
+        INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id, error)
+        SELECT id, 'retried', 'dead', 'queued', stage, 0, fencing_token, $7,
+               CASE WHEN $6 THEN 'retry from start' ELSE 'retry from checkpoint' END
+        FROM upd
+    )
+    SELECT id FROM upd ORDER BY id
+"#;
+
+impl JobStore {
+    pub async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        include_retried: bool,
+        cursor: Option<i64>,
+        limit: i64,
+    ) -> Result<Page<DeadLetter>, QueueError> {
+        let mut rows = sqlx::query_as::<_, DeadLetter>(
+            r#"
+            SELECT id AS dead_letter_id, job_id, kind, bu_id, connector, failed_stage, attempts,
+                   reason, dead_at, retried_at
+            FROM dead_letters
+            WHERE ($1 OR retried_at IS NULL)
+              AND ($2::text IS NULL OR kind = $2)
+              AND ($3::text IS NULL OR bu_id = $3)
+              AND ($4::text IS NULL OR connector = $4)
+              AND ($5::timestamptz IS NULL OR dead_at >= $5)
+              AND ($6::int8 IS NULL OR id < $6)
+            ORDER BY id DESC
+            LIMIT $7
+            "#,
+        )
+        .bind(include_retried)
+        .bind(filter.kind.as_deref())
+        .bind(filter.bu_id.as_deref())
+        .bind(filter.connector.as_deref())
+        .bind(filter.since)
+        .bind(cursor)
+        .bind(limit + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.dead_letter_id.to_string())
+        } else {
+            None
+        };
+        Ok(Page {
+            items: rows,
+            next_cursor,
+        })
+    }
+
+    /// Re-enqueues one dead job (by job id) with a fresh attempt budget.
+    pub async fn retry_dead(
+        &self,
+        job_id: i64,
+        from: RetryFrom,
+        actor: &str,
+    ) -> Result<(), QueueError> {
+        let ids = self
+            .retry_dead_where(Some(job_id), &DeadLetterFilter::default(), from, actor)
+            .await?;
+        if ids.is_empty() {
+            let job = self.get(job_id).await?;
+            return Err(QueueError::Conflict(format!(
+                "job {job_id} is {}; only dead jobs can be retried",
+                job.state
+            )));
+        }
+        Ok(())
+    }
+
+    /// Re-enqueues every open dead letter matching `filter`; returns the job ids.
+    pub async fn retry_dead_bulk(
+        &self,
+        filter: &DeadLetterFilter,
+        from: RetryFrom,
+        actor: &str,
+    ) -> Result<Vec<i64>, QueueError> {
+        self.retry_dead_where(None, filter, from, actor).await
+    }
+
+    async fn retry_dead_where(
+        &self,
+        job_id: Option<i64>,
+        filter: &DeadLetterFilter,
+        from: RetryFrom,
+        actor: &str,
+    ) -> Result<Vec<i64>, QueueError> {
+        Ok(sqlx::query_scalar(RETRY_SQL)
+            .bind(job_id)
+            .bind(filter.kind.as_deref())
+            .bind(filter.bu_id.as_deref())
+            .bind(filter.connector.as_deref())
+            .bind(filter.since)
+            .bind(from == RetryFrom::Start)
+            .bind(actor)
+            .fetch_all(self.pool())
+            .await?)
+    }
+}

@@ -1,0 +1,610 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::{
+    ClaimedJob, Enqueued, Job, JobEvent, JobState, NewJob, QueueError, Transition,
+    TransitionEvent, CANCEL_CHANNEL,
+};
+
+/// Who writes an event: a worker process (id and version) or an operator/API caller.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub id: String,
+    pub version: String,
+}
+
+/// The PostgreSQL job store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    pool: PgPool,
+    default_max_attempts: i32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub bu_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl JobStore {
+    pub fn new(pool: PgPool, default_max_attempts: i32) -> Self {
+        JobStore {
+            pool,
+            default_max_attempts,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn check(&self, job: &NewJob) -> Result<(), QueueError> {
+        if job.kind.trim().is_empty() {
+            return Err(QueueError::Invalid("kind must not be empty".into()));
+        }
+        if let Some(m) = job.max_attempts
+            && m < 1
+        {
+            return Err(QueueError::Invalid("max_attempts must be at least 1".into()));
+        }
+        if let Some(k) = &job.idempotency_key
+            && (k.is_empty() || k.len() > 255)
+        {
+            return Err(QueueError::Invalid(
+                "idempotency_key must be 1 to 255 characters".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Enqueues one job; with an idempotency key already in use, returns that job instead.
+    pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
+        Ok(self.enqueue_many(std::slice::from_ref(job)).await?[0])
+    }
+
+    /// Enqueues many jobs in one statement (and one `job_events` statement), in input order.
+    pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
+        for j in jobs {
+            self.check(j)?;
+        }
+        let n = jobs.len();
+        let mut kinds = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        let mut keys = Vec::with_capacity(n);
+        let mut priorities = Vec::with_capacity(n);
+        let mut max_attempts = Vec::with_capacity(n);
+        let mut delays = Vec::with_capacity(n);
+        for j in jobs {
+            kinds.push(j.kind.as_str());
+            payloads.push(j.payload.to_string());
+            keys.push(j.idempotency_key.as_deref());
+            priorities.push(j.priority.unwrap_or(0));
+            max_attempts.push(j.max_attempts.unwrap_or(self.default_max_attempts));
+            delays.push(j.delay_ms.unwrap_or(0) as f64 / 1000.0);
+        }
+        // ON CONFLICT skips duplicate keys; their ids are looked up afterwards.
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            r#"
+            WITH input AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::int4[], $6::float8[])
+                    WITH ORDINALITY AS t(kind, payload, key, priority, max_attempts, delay_s, ord)
+            ),
+            ins AS (
+                INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at)
+                SELECT kind, payload::jsonb, key, priority, max_attempts,
+                       now() + make_interval(secs => delay_s)
+                FROM input ORDER BY ord
+                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                RETURNING id, idempotency_key
+            ),
+            ev AS (
+                INSERT INTO job_events (job_id, event, to_state)
+                SELECT id, 'enqueued', 'queued' FROM ins
+            )
+            SELECT ins.id, input.ord
+            FROM ins JOIN input ON input.key IS NOT DISTINCT FROM ins.idempotency_key
+            WHERE ins.idempotency_key IS NOT NULL
+            UNION ALL
+            SELECT id, 0 FROM ins WHERE idempotency_key IS NULL
+            "#,
+        )
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(&priorities)
+        .bind(&max_attempts)
+        .bind(&delays)
+        .fetch_all(&self.pool)
+        .await?;
+
+        // Keyless rows come back in insertion order (identity ids are increasing in one
+        // statement), keyed rows with their ordinal.
+        let mut out: Vec<Option<Enqueued>> = vec![None; n];
+        let mut keyless: Vec<i64> = rows.iter().filter(|r| r.1 == 0).map(|r| r.0).collect();
+        keyless.sort_unstable();
+        let mut keyless = keyless.into_iter();
+        for (id, ord) in &rows {
+            if *ord > 0 {
+                out[(*ord - 1) as usize] = Some(Enqueued {
+                    job_id: *id,
+                    created: true,
+                });
+            }
+        }
+        for (i, j) in jobs.iter().enumerate() {
+            if j.idempotency_key.is_none() {
+                let id = keyless.next().expect("one id per keyless job");
+                out[i] = Some(Enqueued {
+                    job_id: id,
+                    created: true,
+                });
+            }
+        }
+        let missing: Vec<&str> = jobs
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| o.is_none())
+            .filter_map(|(j, _)| j.idempotency_key.as_deref())
+            .collect();
+        if !missing.is_empty() {
+            let existing: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT id, idempotency_key FROM jobs WHERE idempotency_key = ANY($1::text[])",
+            )
+            .bind(&missing)
+            .fetch_all(&self.pool)
+            .await?;
+            for (j, o) in jobs.iter().zip(out.iter_mut()) {
+                if o.is_none() {
+                    let key = j.idempotency_key.as_deref();
+                    let id = existing
+                        .iter()
+                        .find(|(_, k)| Some(k.as_str()) == key)
+                        .map(|(id, _)| *id)
+                        .ok_or_else(|| {
+                            QueueError::Invalid(format!(
+                                "idempotency key {key:?} conflicted but its job was not found"
+                            ))
+                        })?;
+                    *o = Some(Enqueued {
+                        job_id: id,
+                        created: false,
+                    });
+                }
+            }
+        }
+        Ok(out.into_iter().map(|o| o.expect("filled")).collect())
+    }
+
+    /// Claims up to `limit` claimable jobs for `actor`, highest priority and earliest `run_at` first.
+    pub async fn claim(
+        &self,
+        actor: &Actor,
+        kinds: &[String],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, QueueError> {
+        let jobs = sqlx::query_as::<_, ClaimedJob>(
+            r#"
+            WITH picked AS (
+                SELECT id, state AS prev_state FROM jobs
+                WHERE state IN ('queued', 'retrying') AND run_at <= now() AND kind = ANY($5)
+                ORDER BY priority, run_at, id
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            ),
+            claimed AS (
+                UPDATE jobs j
+                SET state = 'running', attempts = j.attempts + 1, lease_owner = $2,
+                    lease_expires_at = now() + make_interval(secs => $3),
+                    fencing_token = j.fencing_token + 1,
+                    started_at = coalesce(j.started_at, now()), updated_at = now()
+                FROM picked
+                WHERE j.id = picked.id
+                RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempts, j.max_attempts,
+                          j.fencing_token, j.stage, picked.prev_state
+            ),
+            ev AS (
+                INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt,
+                                        fencing_token, worker_id, worker_version)
+                SELECT id, 'claimed', prev_state, 'running', stage, attempts, fencing_token, $2, $4
+                FROM claimed
+            )
+            SELECT id, kind, payload, checkpoint, attempts, max_attempts, fencing_token FROM claimed
+            "#,
+        )
+        .bind(limit as i64)
+        .bind(&actor.id)
+        .bind(secs(lease))
+        .bind(&actor.version)
+        .bind(kinds)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(jobs)
+    }
+
+    /// Applies worker transitions in one statement. Each is fenced: it applies only while the job
+    /// is still `running` under the same token. Returns the ids that were applied.
+    pub async fn apply(
+        &self,
+        actor: &Actor,
+        transitions: &[Transition],
+    ) -> Result<Vec<i64>, QueueError> {
+        let n = transitions.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut tokens = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
+        let mut to_states = Vec::with_capacity(n);
+        let mut stages: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut next_stages: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut outputs: Vec<Option<String>> = Vec::with_capacity(n);
+        let mut attempt_deltas = Vec::with_capacity(n);
+        let mut delays: Vec<Option<f64>> = Vec::with_capacity(n);
+        let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut durations = Vec::with_capacity(n);
+        for t in transitions {
+            ids.push(t.job_id);
+            tokens.push(t.fencing_token);
+            attempts.push(t.attempt);
+            durations.push(t.duration_ms);
+            stages.push(t.stage.as_deref());
+            match &t.event {
+                TransitionEvent::StageCompleted { output, next_stage } => {
+                    events.push("stage_completed");
+                    to_states.push(if next_stage.is_some() {
+                        "running"
+                    } else {
+                        "succeeded"
+                    });
+                    next_stages.push(next_stage.as_deref());
+                    outputs.push(Some(output.to_string()));
+                    attempt_deltas.push(0);
+                    delays.push(None);
+                    errors.push(None);
+                }
+                TransitionEvent::Released { reason } => {
+                    events.push("released");
+                    to_states.push("queued");
+                    next_stages.push(t.stage.as_deref());
+                    outputs.push(None);
+                    attempt_deltas.push(-1);
+                    delays.push(None);
+                    errors.push(Some(reason));
+                }
+                TransitionEvent::RetryScheduled { error, delay_ms } => {
+                    events.push("stage_failed");
+                    to_states.push("retrying");
+                    next_stages.push(t.stage.as_deref());
+                    outputs.push(None);
+                    attempt_deltas.push(0);
+                    delays.push(Some(*delay_ms as f64 / 1000.0));
+                    errors.push(Some(error));
+                }
+                TransitionEvent::Dead { error } => {
+                    events.push("dead");
+                    to_states.push("dead");
+                    next_stages.push(t.stage.as_deref());
+                    outputs.push(None);
+                    attempt_deltas.push(0);
+                    delays.push(None);
+                    errors.push(Some(error));
+                }
+            }
+        }
+        let applied: Vec<i64> = sqlx::query_scalar(
+            r#"
+            WITH input AS (
+                SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
+                                     $6::text[], $7::text[], $8::int4[], $9::float8[], $10::text[],
+                                     $11::int4[], $12::float8[])
+                    AS t(id, token, event, to_state, stage, next_stage, output, attempt_delta,
+                         delay_s, error, attempt, duration_ms)
+            ),
+            upd AS (
+                UPDATE jobs j
+                SET state = i.to_state,
+                    stage = i.next_stage,
+                    checkpoint = CASE WHEN i.output IS NULL THEN j.checkpoint
+                                      ELSE j.checkpoint || jsonb_build_object(i.stage, i.output::jsonb) END,
+                    attempts = j.attempts + i.attempt_delta,
+                    run_at = CASE WHEN i.delay_s IS NULL THEN j.run_at
+                                  ELSE now() + make_interval(secs => i.delay_s) END,
+                    last_error = CASE WHEN i.event = 'released' THEN j.last_error
+                                      ELSE coalesce(i.error, j.last_error) END,
+                    lease_owner = CASE WHEN i.to_state = 'running' THEN j.lease_owner END,
+                    lease_expires_at = CASE WHEN i.to_state = 'running' THEN j.lease_expires_at END,
+                    finished_at = CASE WHEN i.to_state IN ('succeeded', 'dead') THEN now() END,
+                    progress = CASE WHEN i.to_state = 'running' THEN j.progress END,
+                    updated_at = now()
+                FROM input i
+                WHERE j.id = i.id AND j.fencing_token = i.token AND j.state = 'running'
+                RETURNING j.id, j.kind, j.payload, j.attempts, i.event, i.to_state, i.stage,
+                          i.error, i.attempt, i.duration_ms, i.token
+            ),
+            ev AS (
+                INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt,
+                                        fencing_token, worker_id, worker_version, duration_ms, error)
+                SELECT id, event, 'running', to_state, stage, attempt, token, $13, $14,
+                       duration_ms, error
+                FROM upd
+            ),
+            dl AS (
+                INSERT INTO dead_letters (job_id, kind, bu_id, connector, failed_stage, attempts, reason)
+                SELECT id, kind, payload ->> 'bu_id', payload ->> 'connector', stage, attempts,
+                       coalesce(error, 'dead')
+                FROM upd WHERE to_state = 'dead'
+            )
+            SELECT id FROM upd
+            "#,
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&events)
+        .bind(&to_states)
+        .bind(&stages)
+        .bind(&next_stages)
+        .bind(&outputs)
+        .bind(&attempt_deltas)
+        .bind(&delays)
+        .bind(&errors)
+        .bind(&attempts)
+        .bind(&durations)
+        .bind(&actor.id)
+        .bind(&actor.version)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(applied)
+    }
+
+    /// Extends the leases of jobs still held under their tokens; returns the ids still held.
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        held: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<i64>, QueueError> {
+        let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
+        let tokens: Vec<i64> = held.iter().map(|h| h.1).collect();
+        let kept = sqlx::query_scalar(
+            r#"
+            UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4)
+            FROM unnest($1::int8[], $2::int8[]) AS h(id, token)
+            WHERE j.id = h.id AND j.fencing_token = h.token AND j.state = 'running'
+              AND j.lease_owner = $3
+            RETURNING j.id
+            "#,
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(owner)
+        .bind(secs(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(kept)
+    }
+
+    /// Records progress of a running stage (fenced; ignored when the job moved on).
+    pub async fn set_progress(
+        &self,
+        job_id: i64,
+        token: i64,
+        progress: &serde_json::Value,
+    ) -> Result<bool, QueueError> {
+        let r = sqlx::query(
+            "UPDATE jobs SET progress = $3 WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(token)
+        .bind(progress)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Re-queues jobs whose lease expired (their worker died or lost PostgreSQL). The claim that
+    /// started the lost run already counted its attempt; jobs out of attempts go dead.
+    pub async fn rescue_expired(&self, actor: &Actor, limit: i64) -> Result<u64, QueueError> {
+        let n: i64 = sqlx::query_scalar(
+            r#"
+            WITH expired AS (
+                SELECT id, lease_owner FROM jobs
+                WHERE state = 'running' AND lease_expires_at < now()
+                ORDER BY lease_expires_at
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            ),
+            upd AS (
+                UPDATE jobs j
+                SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END,
+                    lease_owner = NULL, lease_expires_at = NULL,
+                    fencing_token = j.fencing_token + 1,
+                    run_at = now(),
+                    progress = NULL,
+                    last_error = 'lease expired: worker ' || coalesce(e.lease_owner, '?')
+                                 || ' stopped renewing it',
+                    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                    updated_at = now()
+                FROM expired e
+                WHERE j.id = e.id
+                RETURNING j.id, j.kind, j.payload, j.state, j.stage, j.attempts, j.fencing_token,
+                          j.last_error
+            ),
+            ev AS (
+                INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt,
+                                        fencing_token, worker_id, worker_version, error)
+                SELECT id, 'rescued', 'running', state, stage, attempts, fencing_token, $2, $3, last_error
+                FROM upd
+            ),
+            dl AS (
+                INSERT INTO dead_letters (job_id, kind, bu_id, connector, failed_stage, attempts, reason)
+                SELECT id, kind, payload ->> 'bu_id', payload ->> 'connector', stage, attempts,
+                       last_error || ' (attempts exhausted)'
+                FROM upd WHERE state = 'dead'
+            )
+            SELECT count(*) FROM upd
+            "#,
+        )
+        .bind(limit)
+        .bind(&actor.id)
+        .bind(&actor.version)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+
+    /// Cancels a queued, retrying or running job. A running job's token is bumped so its worker's
+    /// next checkpoint is rejected; the worker is told through NOTIFY and stops the stage.
+    pub async fn cancel(&self, job_id: i64, actor: &str) -> Result<JobState, QueueError> {
+        let mut tx = self.pool.begin().await?;
+        let prev: Option<String> =
+            sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let prev: JobState = prev
+            .ok_or(QueueError::NotFound(job_id))?
+            .parse()
+            .map_err(QueueError::Invalid)?;
+        if prev.is_final() {
+            return Err(QueueError::Conflict(format!(
+                "job {job_id} is {prev}; only queued, retrying or running jobs can be cancelled"
+            )));
+        }
+        sqlx::query(
+            r#"
+            WITH upd AS (
+                UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,
+                       fencing_token = fencing_token + 1, finished_at = now(), updated_at = now(),
+                       last_error = coalesce(last_error, 'cancelled by ' || $2)
+                WHERE id = $1
+                RETURNING id, stage, attempts, fencing_token
+            )
+            INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id)
+            SELECT id, 'cancelled', $3, 'cancelled', stage, attempts, fencing_token, $2 FROM upd
+            "#,
+        )
+        .bind(job_id)
+        .bind(actor)
+        .bind(prev.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if prev == JobState::Running {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CANCEL_CHANNEL)
+                .bind(job_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(prev)
+    }
+
+    pub async fn get(&self, job_id: i64) -> Result<Job, QueueError> {
+        sqlx::query_as::<_, Job>("SELECT * FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(QueueError::NotFound(job_id))
+    }
+
+    pub async fn events(&self, job_id: i64) -> Result<Vec<JobEvent>, QueueError> {
+        Ok(sqlx::query_as::<_, JobEvent>(
+            "SELECT * FROM job_events WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Newest first; the cursor is the last id of the previous page.
+    pub async fn list(
+        &self,
+        filter: &ListFilter,
+        cursor: Option<i64>,
+        limit: i64,
+    ) -> Result<Page<Job>, QueueError> {
+        let mut jobs = sqlx::query_as::<_, Job>(
+            r#"
+            SELECT * FROM jobs
+            WHERE ($1::text IS NULL OR state = $1)
+              AND ($2::text IS NULL OR kind = $2)
+              AND ($3::text IS NULL OR payload ->> 'bu_id' = $3)
+              AND ($4::int8 IS NULL OR id < $4)
+            ORDER BY id DESC
+            LIMIT $5
+            "#,
+        )
+        .bind(filter.state.map(JobState::as_str))
+        .bind(filter.kind.as_deref())
+        .bind(filter.bu_id.as_deref())
+        .bind(cursor)
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let next_cursor = if jobs.len() as i64 > limit {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| j.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page {
+            items: jobs,
+            next_cursor,
+        })
+    }
+
+    /// Job counts per state (for `status` and metrics).
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, QueueError> {
+        Ok(
+            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Deletes finished jobs and their history past retention, in batches. Returns jobs deleted.
+    pub async fn delete_finished(
+        &self,
+        succeeded_before: DateTime<Utc>,
+        dead_before: DateTime<Utc>,
+        batch: i64,
+    ) -> Result<u64, QueueError> {
+        let n: i64 = sqlx::query_scalar(
+            r#"
+            WITH old AS (
+                SELECT id FROM jobs
+                WHERE finished_at IS NOT NULL
+                  AND ((state IN ('succeeded', 'cancelled') AND finished_at < $1)
+                       OR (state = 'dead' AND finished_at < $2))
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED
+            ),
+            ev AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM old)),
+            dl AS (DELETE FROM dead_letters WHERE job_id IN (SELECT id FROM old)),
+            del AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING id)
+            SELECT count(*) FROM del
+            "#,
+        )
+        .bind(succeeded_before)
+        .bind(dead_before)
+        .bind(batch)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+}

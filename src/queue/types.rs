@@ -1,0 +1,197 @@
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A job's state (SPEC §3). Stored as lowercase text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Succeeded,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown state {s:?} (expected one of queued, running, retrying, succeeded, dead, cancelled)")
+            })
+    }
+}
+
+/// What a caller asks to enqueue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewJob {
+    pub kind: String,
+    #[serde(default = "empty_object")]
+    pub payload: Value,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub priority: Option<i16>,
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    /// Delay before the job becomes claimable.
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+impl NewJob {
+    pub fn new(kind: impl Into<String>, payload: Value) -> Self {
+        NewJob {
+            kind: kind.into(),
+            payload,
+            idempotency_key: None,
+            priority: None,
+            max_attempts: None,
+            delay_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    pub job_id: i64,
+    /// False when an existing job with the same idempotency key was returned.
+    pub created: bool,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    #[sqlx(try_from = "String")]
+    pub state: JobState,
+    pub stage: Option<String>,
+    pub checkpoint: Value,
+    pub progress: Option<Value>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub priority: i16,
+    pub run_at: DateTime<Utc>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub fencing_token: i64,
+    pub idempotency_key: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<String> for JobState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// One row of `job_events`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobEvent {
+    pub id: i64,
+    pub job_id: i64,
+    pub at: DateTime<Utc>,
+    pub event: String,
+    pub from_state: Option<String>,
+    pub to_state: Option<String>,
+    pub stage: Option<String>,
+    pub attempt: Option<i32>,
+    pub fencing_token: Option<i64>,
+    pub worker_id: Option<String>,
+    pub worker_version: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// A job handed to a worker by a claim: everything the stage runner needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub checkpoint: Value,
+    /// The attempt this claim starts (1-based).
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub fencing_token: i64,
+}
+
+/// A state change written by a worker, fenced by the token its claim returned.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub job_id: i64,
+    pub fencing_token: i64,
+    pub event: TransitionEvent,
+    /// The stage the event is about (finished, failed, or the next one when released).
+    pub stage: Option<String>,
+    pub attempt: i32,
+    pub duration_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TransitionEvent {
+    /// A stage finished: its output joins the checkpoint. `next_stage` None means the job succeeded.
+    StageCompleted {
+        output: Value,
+        next_stage: Option<String>,
+    },
+    /// Handed back to the queue at its last checkpoint without consuming an attempt.
+    Released { reason: String },
+    /// The stage failed and will be retried after `delay_ms`.
+    RetryScheduled { error: String, delay_ms: u64 },
+    /// The job is dead (attempts exhausted or non-retryable); a dead letter is written with it.
+    Dead { error: String },
+}

@@ -1,0 +1,81 @@
+//! Writes worker transitions (checkpoints, completions, retries, releases) in batches.
+//!
+//! Runners hand their transition over and wait for the verdict. While one batch is being
+//! written the next ones queue up, so under load many jobs share one statement and one commit
+//! (group commit) without any added delay when idle.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::queue::{Actor, JobStore, Transition};
+
+/// Largest batch written in one statement.
+pub const MAX_BATCH: usize = 1000;
+
+type Request = (Transition, oneshot::Sender<bool>);
+
+#[derive(Clone)]
+pub struct Completer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Completer {
+    /// Spawns the writer. It gives up on a batch after `give_up` of failed attempts: by then the
+    /// jobs' leases have expired and the rescuer owns them.
+    pub fn spawn(store: JobStore, actor: Actor, metrics: Arc<Metrics>, give_up: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        tokio::spawn(run(store, actor, metrics, give_up, rx));
+        Completer { tx }
+    }
+
+    /// Writes `t`; true when it was applied, false when the fencing token was stale (the job was
+    /// rescued or cancelled meanwhile) or PostgreSQL stayed unreachable.
+    pub async fn submit(&self, t: Transition) -> bool {
+        let (done, verdict) = oneshot::channel();
+        if self.tx.send((t, done)).await.is_err() {
+            return false;
+        }
+        verdict.await.unwrap_or(false)
+    }
+}
+
+async fn run(
+    store: JobStore,
+    actor: Actor,
+    metrics: Arc<Metrics>,
+    give_up: Duration,
+    mut rx: mpsc::Receiver<Request>,
+) {
+    let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let transitions: Vec<Transition> = batch.iter().map(|(t, _)| t.clone()).collect();
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(50);
+        let applied = loop {
+            match store.apply(&actor, &transitions).await {
+                Ok(ids) => break ids.into_iter().collect::<HashSet<i64>>(),
+                Err(e) if started.elapsed() < give_up => {
+                    tracing::warn!(error = %e, batch = transitions.len(), "writing transitions failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, batch = transitions.len(), "giving up on transitions; their jobs will be rescued");
+                    break HashSet::new();
+                }
+            }
+        };
+        for (t, done) in batch.drain(..) {
+            let ok = applied.contains(&t.job_id);
+            if !ok {
+                Metrics::inc(&metrics.stale_writes_rejected, 1);
+                tracing::warn!(job_id = t.job_id, fencing_token = t.fencing_token, "write rejected: the job's fencing token has moved on");
+            }
+            let _ = done.send(ok);
+        }
+    }
+}

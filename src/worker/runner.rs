@@ -1,0 +1,212 @@
+//! Runs one claimed job stage by stage, committing a checkpoint after each.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{CancelReason, Completer, Held, Shared};
+use crate::lifecycle::Mode;
+use crate::metrics::Metrics;
+use crate::pipeline::{StageContext, StageError};
+use crate::queue::{ClaimedJob, Transition, TransitionEvent};
+
+pub(crate) async fn run_job(s: Arc<Shared>, completer: Completer, job: ClaimedJob) {
+    let cancel = CancellationToken::new();
+    let reason = Arc::new(Mutex::new(None));
+    s.held.lock().unwrap().insert(
+        job.id,
+        Held {
+            token: job.fencing_token,
+            cancel: cancel.clone(),
+            reason: reason.clone(),
+            renewed_at: Instant::now(),
+        },
+    );
+    let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempts);
+    run_stages(&s, &completer, &job, &cancel, &reason)
+        .instrument_in(span)
+        .await;
+    s.held.lock().unwrap().remove(&job.id);
+    s.lifecycle.release(1);
+    s.slot_freed.notify_one();
+}
+
+trait InstrumentIn: Sized {
+    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self>;
+}
+impl<F: std::future::Future> InstrumentIn for F {
+    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self> {
+        tracing::Instrument::instrument(self, span)
+    }
+}
+
+async fn run_stages(
+    s: &Shared,
+    completer: &Completer,
+    job: &ClaimedJob,
+    cancel: &CancellationToken,
+    reason: &Mutex<Option<CancelReason>>,
+) {
+    let transition = |event, stage: Option<&str>, duration_ms| Transition {
+        job_id: job.id,
+        fencing_token: job.fencing_token,
+        event,
+        stage: stage.map(str::to_owned),
+        attempt: job.attempts,
+        duration_ms,
+    };
+    let Some(kind) = s.registry.get(&job.kind).cloned() else {
+        // Claims only ask for registered kinds; this is a bug, not bad input.
+        let t = transition(
+            TransitionEvent::Dead {
+                error: format!("unknown job kind {:?}", job.kind),
+            },
+            None,
+            None,
+        );
+        completer.submit(t).await;
+        return;
+    };
+    let payload = Arc::new(job.payload.clone());
+    let kind_name: Arc<str> = Arc::from(kind.name.as_str());
+    let worker_id: Arc<str> = Arc::from(s.actor.id.as_str());
+    let mut checkpoint = job.checkpoint.clone();
+    let mut force = s.lifecycle.force_release_signal();
+
+    loop {
+        let Some(idx) = kind.next_stage(&checkpoint) else {
+            tracing::error!("job claimed with every stage checkpointed; marking it dead");
+            let error = "every stage is checkpointed but the job was not completed".to_string();
+            completer
+                .submit(transition(TransitionEvent::Dead { error }, None, None))
+                .await;
+            return;
+        };
+        let stage = kind.stages[idx].clone();
+        let stage_name = stage.name().to_string();
+
+        // Draining: the job goes back to the queue at this checkpoint, attempt not consumed.
+        if s.lifecycle.mode() != Mode::Normal {
+            let event = TransitionEvent::Released {
+                reason: "released at checkpoint: worker draining".into(),
+            };
+            if completer
+                .submit(transition(event, Some(&stage_name), None))
+                .await
+            {
+                Metrics::inc(&s.metrics.jobs_released, 1);
+                tracing::info!(stage = %stage_name, "released at checkpoint (draining)");
+            }
+            return;
+        }
+
+        let ctx = StageContext {
+            job_id: job.id,
+            kind: kind_name.clone(),
+            stage: Arc::from(stage_name.as_str()),
+            attempt: job.attempts,
+            payload: payload.clone(),
+            checkpoint: Arc::new(checkpoint.clone()),
+            cancel: cancel.clone(),
+            worker_id: worker_id.clone(),
+            pool: s.store.pool().clone(),
+        };
+        let started = Instant::now();
+        let run = AssertUnwindSafe(stage.run(ctx)).catch_unwind();
+        let result: Result<Value, StageError> = tokio::select! {
+            r = run => match r {
+                Ok(r) => r,
+                Err(panic) => Err(StageError::Retryable(format!("stage panicked: {}", panic_message(&panic)))),
+            },
+            _ = cancel.cancelled() => Err(StageError::Cancelled),
+            _ = force.changed() => {
+                reason.lock().unwrap().get_or_insert(CancelReason::ForceRelease);
+                cancel.cancel();
+                Err(StageError::Cancelled)
+            }
+        };
+        let duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+
+        let event = match result {
+            Ok(output) => {
+                let next = kind.stages.get(idx + 1).map(|st| st.name().to_string());
+                let last = next.is_none();
+                let t = transition(
+                    TransitionEvent::StageCompleted {
+                        output: output.clone(),
+                        next_stage: next,
+                    },
+                    Some(&stage_name),
+                    duration_ms,
+                );
+                if !completer.submit(t).await {
+                    tracing::warn!(stage = %stage_name, "checkpoint rejected: the job is no longer ours");
+                    return;
+                }
+                Metrics::inc(&s.metrics.stages_completed, 1);
+                if last {
+                    Metrics::inc(&s.metrics.jobs_succeeded, 1);
+                    return;
+                }
+                if let Value::Object(m) = &mut checkpoint {
+                    m.insert(stage_name, output);
+                }
+                continue;
+            }
+            Err(StageError::Cancelled) => match *reason.lock().unwrap() {
+                Some(CancelReason::LeaseLost) | Some(CancelReason::JobCancelled) => {
+                    tracing::info!(stage = %stage_name, "stage stopped: the job is no longer ours");
+                    return;
+                }
+                Some(CancelReason::ForceRelease) | None => TransitionEvent::Released {
+                    reason: "released at checkpoint: stage cancelled by drain timeout".into(),
+                },
+            },
+            Err(StageError::Fatal(error)) => TransitionEvent::Dead {
+                error: format!("{stage_name}: {error}"),
+            },
+            Err(StageError::Retryable(error)) if job.attempts >= job.max_attempts => {
+                TransitionEvent::Dead {
+                    error: format!(
+                        "{stage_name}: {error} (attempt {} of {})",
+                        job.attempts, job.max_attempts
+                    ),
+                }
+            }
+            Err(StageError::Retryable(error)) => TransitionEvent::RetryScheduled {
+                error: format!("{stage_name}: {error}"),
+                delay_ms: s.config.backoff.delay_ms(job.attempts),
+            },
+        };
+        let counter = match &event {
+            TransitionEvent::Released { .. } => &s.metrics.jobs_released,
+            TransitionEvent::Dead { .. } => &s.metrics.jobs_dead,
+            _ => &s.metrics.jobs_retried,
+        };
+        match &event {
+            TransitionEvent::Dead { error } => tracing::warn!(stage = %stage_name, %error, "job dead"),
+            TransitionEvent::RetryScheduled { error, delay_ms } => {
+                tracing::info!(stage = %stage_name, %error, delay_ms, "stage failed; retry scheduled")
+            }
+            _ => tracing::info!(stage = %stage_name, "released at checkpoint (drain timeout)"),
+        }
+        if completer
+            .submit(transition(event, Some(&stage_name), duration_ms))
+            .await
+        {
+            Metrics::inc(counter, 1);
+        }
+        return;
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
