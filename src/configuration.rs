@@ -109,7 +109,8 @@ impl Settings {
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .build()
             .expect("embedded defaults parse");
-        cfg.try_deserialize().expect("embedded defaults deserialize")
+        cfg.try_deserialize()
+            .expect("embedded defaults deserialize")
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {

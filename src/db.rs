@@ -56,7 +56,10 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
             .await?;
     if !exists {
         let ddl = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it concurrently.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

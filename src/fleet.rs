@@ -156,13 +156,13 @@ pub async fn command(pool: &PgPool, command: Command, ttl: Duration) -> Result<u
 
 /// Deletes rows of workers stopped or silent for longer than `older_than`.
 pub async fn delete_stale(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1)",
+    Ok(
+        sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1)")
+            .bind(older_than.as_secs_f64())
+            .execute(pool)
+            .await?
+            .rows_affected(),
     )
-    .bind(older_than.as_secs_f64())
-    .execute(pool)
-    .await?
-    .rows_affected())
 }
 
 fn hostname() -> String {

@@ -143,7 +143,10 @@ impl Lifecycle {
             tracing::info!("drain requested while idle: SafeToStop");
         } else {
             st.mode = Mode::PreparingForStop;
-            tracing::info!(in_flight = st.in_flight, "drain requested: PreparingForStop");
+            tracing::info!(
+                in_flight = st.in_flight,
+                "drain requested: PreparingForStop"
+            );
             let epoch = st.epoch;
             let this = self.clone();
             let timeout = self.inner.drain_timeout;
@@ -219,6 +222,10 @@ mod tests {
         l.drain();
         tokio::time::sleep(Duration::from_secs(11)).await;
         assert!(force.has_changed().unwrap());
-        assert_eq!(*force.borrow_and_update(), 1, "the resumed drain's timer must not fire");
+        assert_eq!(
+            *force.borrow_and_update(),
+            1,
+            "the resumed drain's timer must not fire"
+        );
     }
 }

@@ -231,7 +231,13 @@ async fn run(cmd: Cmd, mut settings: Settings) -> anyhow::Result<ExitCode> {
                 let n = fleet::command(store.pool(), FleetCommand::Resume, ttl(&settings)).await?;
                 println!("resume sent to {n} workers");
             } else {
-                let body = rest(&settings, &target, reqwest::Method::POST, "/v1/lifecycle/resume").await?;
+                let body = rest(
+                    &settings,
+                    &target,
+                    reqwest::Method::POST,
+                    "/v1/lifecycle/resume",
+                )
+                .await?;
                 println!("{body}");
             }
             Ok(ExitCode::SUCCESS)
@@ -240,7 +246,9 @@ async fn run(cmd: Cmd, mut settings: Settings) -> anyhow::Result<ExitCode> {
             let store = store(&mut settings).await?;
             match action {
                 DlqCmd::List { filter, limit } => {
-                    let page = store.dead_letters(&filter.into(), false, None, limit).await?;
+                    let page = store
+                        .dead_letters(&filter.into(), false, None, limit)
+                        .await?;
                     for d in page.items {
                         println!("{}", serde_json::to_string(&d)?);
                     }
@@ -261,7 +269,9 @@ async fn run(cmd: Cmd, mut settings: Settings) -> anyhow::Result<ExitCode> {
                         store.retry_dead(id, from, "cli").await?;
                         println!("job {id} re-enqueued");
                     } else if filter.is_empty() && !all {
-                        bail!("give a job id, a filter (--kind, --bu-id, --connector, --since) or --all");
+                        bail!(
+                            "give a job id, a filter (--kind, --bu-id, --connector, --since) or --all"
+                        );
                     } else {
                         let ids = store.retry_dead_bulk(&filter, from, "cli").await?;
                         println!("{} jobs re-enqueued: {ids:?}", ids.len());
@@ -308,7 +318,9 @@ async fn serve(mut settings: Settings, role: Role, args: ServeArgs) -> anyhow::R
                 shutdown.cancel();
                 first = false;
             } else {
-                tracing::warn!("second stop signal: cancelling running stages and releasing their jobs");
+                tracing::warn!(
+                    "second stop signal: cancelling running stages and releasing their jobs"
+                );
                 lifecycle.force_release();
             }
         }
@@ -335,9 +347,15 @@ async fn rest(
     if let Some(t) = &target.token {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.with_context(|| format!("request to {url}"))?;
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("request to {url}"))?;
     let status = resp.status();
-    let body: Value = resp.json().await.with_context(|| format!("reading {url}"))?;
+    let body: Value = resp
+        .json()
+        .await
+        .with_context(|| format!("reading {url}"))?;
     if !status.is_success() {
         bail!("{url}: {status}: {body}");
     }
@@ -359,7 +377,13 @@ async fn drain(
         eprintln!("drain sent to {n} workers");
         Some(pool)
     } else {
-        rest(&settings, &target, reqwest::Method::POST, "/v1/lifecycle/drain").await?;
+        rest(
+            &settings,
+            &target,
+            reqwest::Method::POST,
+            "/v1/lifecycle/drain",
+        )
+        .await?;
         None
     };
     loop {

@@ -87,8 +87,7 @@ impl Application {
             metrics: metrics.clone(),
             identity: identity.clone(),
         };
-        let listener =
-            TcpListener::bind((settings.api.host.as_str(), settings.api.port)).await?;
+        let listener = TcpListener::bind((settings.api.host.as_str(), settings.api.port)).await?;
         let addr = listener.local_addr()?;
         let surface = if role == Role::Worker {
             Surface::ControlOnly

@@ -16,7 +16,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub async fn require_token(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let tokens = &state.settings.api.tokens;
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if tokens.is_empty() || read_only {
@@ -47,7 +51,11 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
             req.extensions_mut().insert(Caller(name));
             next.run(req).await
         }
-        None => ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the bearer token is not valid")
-            .into_response(),
+        None => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the bearer token is not valid",
+        )
+        .into_response(),
     }
 }

@@ -98,17 +98,32 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     let mut out = String::new();
     state.metrics.render(&mut out);
     let status = state.lifecycle.status();
-    let _ = writeln!(out, "# HELP etlq_in_flight Jobs held by this process.\n# TYPE etlq_in_flight gauge\netlq_in_flight {}", status.in_flight);
-    let _ = writeln!(out, "# HELP etlq_mode This process's mode (1 for the current one).\n# TYPE etlq_mode gauge");
+    let _ = writeln!(
+        out,
+        "# HELP etlq_in_flight Jobs held by this process.\n# TYPE etlq_in_flight gauge\netlq_in_flight {}",
+        status.in_flight
+    );
+    let _ = writeln!(
+        out,
+        "# HELP etlq_mode This process's mode (1 for the current one).\n# TYPE etlq_mode gauge"
+    );
     for m in [Mode::Normal, Mode::PreparingForStop, Mode::SafeToStop] {
-        let _ = writeln!(out, "etlq_mode{{mode=\"{}\"}} {}", m.as_str(), u8::from(m == status.mode));
+        let _ = writeln!(
+            out,
+            "etlq_mode{{mode=\"{}\"}} {}",
+            m.as_str(),
+            u8::from(m == status.mode)
+        );
     }
     let counts: Vec<(String, i64)> = sqlx::query_as(
         "SELECT state, count(*) FROM jobs WHERE state IN ('queued', 'running', 'retrying') GROUP BY state",
     )
     .fetch_all(&state.pool)
     .await?;
-    let _ = writeln!(out, "# HELP etlq_jobs Unfinished jobs by state.\n# TYPE etlq_jobs gauge");
+    let _ = writeln!(
+        out,
+        "# HELP etlq_jobs Unfinished jobs by state.\n# TYPE etlq_jobs gauge"
+    );
     for st in ["queued", "running", "retrying"] {
         let n = counts.iter().find(|c| c.0 == st).map_or(0, |c| c.1);
         let _ = writeln!(out, "etlq_jobs{{state=\"{st}\"}} {n}");
@@ -117,7 +132,10 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
         sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE retried_at IS NULL")
             .fetch_one(&state.pool)
             .await?;
-    let _ = writeln!(out, "# HELP etlq_dead_letters Dead letters not yet retried.\n# TYPE etlq_dead_letters gauge\netlq_dead_letters {dead}");
+    let _ = writeln!(
+        out,
+        "# HELP etlq_dead_letters Dead letters not yet retried.\n# TYPE etlq_dead_letters gauge\netlq_dead_letters {dead}"
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

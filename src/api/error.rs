@@ -47,7 +47,9 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match e {
             QueueError::NotFound(_) => ApiError::not_found(e.to_string()),
-            QueueError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            QueueError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             QueueError::Invalid(_) => ApiError::unprocessable(e.to_string()),
             QueueError::Db(ref db) => {
                 let unavailable = matches!(

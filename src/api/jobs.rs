@@ -23,7 +23,11 @@ pub async fn create(
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_kind",
-            format!("unknown job kind {:?}; known kinds: {}", new.kind, known.join(", ")),
+            format!(
+                "unknown job kind {:?}; known kinds: {}",
+                new.kind,
+                known.join(", ")
+            ),
         ));
     }
     let enq = state.store.enqueue(&new).await?;
@@ -58,8 +62,10 @@ pub async fn show(
         .unwrap_or_default();
     // NULL means "from the first unfinished stage" (e.g. after a retry from start).
     if job.stage.is_none() && !job.state.is_final() {
-        job.stage = kind
-            .and_then(|k| k.next_stage(&job.checkpoint).map(|i| k.stages[i].name().to_string()));
+        job.stage = kind.and_then(|k| {
+            k.next_stage(&job.checkpoint)
+                .map(|i| k.stages[i].name().to_string())
+        });
     }
     Ok(axum::Json(JobView {
         job,
@@ -116,9 +122,15 @@ pub async fn list(
     };
     let page = state
         .store
-        .list(&filter, parse_cursor(q.cursor.as_deref())?, parse_limit(q.limit)?)
+        .list(
+            &filter,
+            parse_cursor(q.cursor.as_deref())?,
+            parse_limit(q.limit)?,
+        )
         .await?;
-    Ok(axum::Json(json!({"jobs": page.items, "next_cursor": page.next_cursor})))
+    Ok(axum::Json(
+        json!({"jobs": page.items, "next_cursor": page.next_cursor}),
+    ))
 }
 
 pub async fn cancel(

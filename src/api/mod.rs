@@ -76,7 +76,10 @@ pub fn router(state: AppState, surface: Surface) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

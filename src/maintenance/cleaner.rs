@@ -62,8 +62,10 @@ impl Cleaner {
     /// One full pass; returns the number of jobs deleted.
     pub async fn clean_once(&self) -> Result<u64, crate::queue::QueueError> {
         let now = Utc::now();
-        let succeeded_before = now - chrono::Duration::from_std(self.config.succeeded_retention).unwrap_or_default();
-        let dead_before = now - chrono::Duration::from_std(self.config.dead_retention).unwrap_or_default();
+        let succeeded_before =
+            now - chrono::Duration::from_std(self.config.succeeded_retention).unwrap_or_default();
+        let dead_before =
+            now - chrono::Duration::from_std(self.config.dead_retention).unwrap_or_default();
         let mut total = 0;
         loop {
             let n = self

@@ -36,7 +36,12 @@ pub struct Rescuer {
 }
 
 impl Rescuer {
-    pub fn new(store: JobStore, actor: Actor, metrics: Arc<Metrics>, config: RescuerConfig) -> Self {
+    pub fn new(
+        store: JobStore,
+        actor: Actor,
+        metrics: Arc<Metrics>,
+        config: RescuerConfig,
+    ) -> Self {
         Rescuer {
             store,
             actor,
@@ -51,7 +56,11 @@ impl Rescuer {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.config.interval) => {}
             }
-            match self.store.rescue_expired(&self.actor, self.config.batch).await {
+            match self
+                .store
+                .rescue_expired(&self.actor, self.config.batch)
+                .await
+            {
                 Ok(0) => {}
                 Ok(n) => {
                     Metrics::inc(&self.metrics.jobs_rescued, n);

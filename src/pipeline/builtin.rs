@@ -18,11 +18,9 @@ pub const TEST_KIND: &str = "test";
 pub const TEST_STAGES: [&str; 3] = ["first", "second", "third"];
 
 pub fn register_builtin(registry: &mut Registry) {
-    registry.register(
-        JobKind::new(NOOP_KIND).stage(FnStage::new("run", |_ctx| {
-            async { Ok(Value::Null) }.boxed()
-        })),
-    );
+    registry.register(JobKind::new(NOOP_KIND).stage(FnStage::new("run", |_ctx| {
+        async { Ok(Value::Null) }.boxed()
+    })));
     let mut test = JobKind::new(TEST_KIND);
     for name in TEST_STAGES {
         test = test.stage(FnStage::new(name, |ctx| test_stage(ctx).boxed()));

@@ -100,7 +100,11 @@ impl Registry {
     }
 
     pub fn register(&mut self, kind: JobKind) {
-        assert!(!kind.stages.is_empty(), "job kind {} has no stages", kind.name);
+        assert!(
+            !kind.stages.is_empty(),
+            "job kind {} has no stages",
+            kind.name
+        );
         self.kinds.insert(kind.name.clone(), Arc::new(kind));
     }
 

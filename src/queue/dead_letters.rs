@@ -28,7 +28,10 @@ pub struct DeadLetterFilter {
 
 impl DeadLetterFilter {
     pub fn is_empty(&self) -> bool {
-        self.kind.is_none() && self.bu_id.is_none() && self.connector.is_none() && self.since.is_none()
+        self.kind.is_none()
+            && self.bu_id.is_none()
+            && self.connector.is_none()
+            && self.since.is_none()
     }
 }
 
@@ -57,16 +60,18 @@ const RETRY_SQL: &str = r#"
     ),
     upd AS (
         UPDATE jobs j
-        SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
+        SET state = 'queued', run_at = now(), finished_at = NULL,
+            -- Attempt history is kept; an exhausted job gets one more attempt (as River does).
+            max_attempts = greatest(j.max_attempts, j.attempts + 1),
             fencing_token = j.fencing_token + 1, updated_at = now(),
             checkpoint = CASE WHEN $6 THEN '{}'::jsonb ELSE j.checkpoint END,
             stage = CASE WHEN $6 THEN NULL ELSE j.stage END
         WHERE j.id IN (SELECT job_id FROM dl)
-        RETURNING j.id, j.stage, j.fencing_token
+        RETURNING j.id, j.stage, j.attempts, j.fencing_token
     ),
     ev AS (
         INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id, error)
-        SELECT id, 'retried', 'dead', 'queued', stage, 0, fencing_token, $7,
+        SELECT id, 'retried', 'dead', 'queued', stage, attempts, fencing_token, $7,
                CASE WHEN $6 THEN 'retry from start' ELSE 'retry from checkpoint' END
         FROM upd
     )
@@ -117,7 +122,7 @@ impl JobStore {
         })
     }
 
-    /// Re-enqueues one dead job (by job id) with a fresh attempt budget.
+    /// Re-enqueues one dead job (by job id); an exhausted job gets one more attempt.
     pub async fn retry_dead(
         &self,
         job_id: i64,

@@ -5,8 +5,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{
-    ClaimedJob, Enqueued, Job, JobEvent, JobState, NewJob, QueueError, Transition,
-    TransitionEvent, CANCEL_CHANNEL,
+    CANCEL_CHANNEL, ClaimedJob, Enqueued, Job, JobEvent, JobState, NewJob, QueueError, Transition,
+    TransitionEvent,
 };
 
 /// Who writes an event: a worker process (id and version) or an operator/API caller.
@@ -60,7 +60,9 @@ impl JobStore {
         if let Some(m) = job.max_attempts
             && m < 1
         {
-            return Err(QueueError::Invalid("max_attempts must be at least 1".into()));
+            return Err(QueueError::Invalid(
+                "max_attempts must be at least 1".into(),
+            ));
         }
         if let Some(k) = &job.idempotency_key
             && (k.is_empty() || k.len() > 255)
@@ -523,12 +525,12 @@ impl JobStore {
     }
 
     pub async fn events(&self, job_id: i64) -> Result<Vec<JobEvent>, QueueError> {
-        Ok(sqlx::query_as::<_, JobEvent>(
-            "SELECT * FROM job_events WHERE job_id = $1 ORDER BY id",
+        Ok(
+            sqlx::query_as::<_, JobEvent>("SELECT * FROM job_events WHERE job_id = $1 ORDER BY id")
+                .bind(job_id)
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// Newest first; the cursor is the last id of the previous page.

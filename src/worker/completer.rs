@@ -73,7 +73,11 @@ async fn run(
             let ok = applied.contains(&t.job_id);
             if !ok {
                 Metrics::inc(&metrics.stale_writes_rejected, 1);
-                tracing::warn!(job_id = t.job_id, fencing_token = t.fencing_token, "write rejected: the job's fencing token has moved on");
+                tracing::warn!(
+                    job_id = t.job_id,
+                    fencing_token = t.fencing_token,
+                    "write rejected: the job's fencing token has moved on"
+                );
             }
             let _ = done.send(ok);
         }

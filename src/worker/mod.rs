@@ -157,12 +157,16 @@ impl Worker {
         tasks.spawn(keep_leases(s.clone(), background.clone()));
         tasks.spawn(fleet_heartbeat(s.clone(), background.clone()));
         tasks.spawn(
-            Rescuer::new(s.store.clone(), s.actor.clone(), s.metrics.clone(), s.config.rescuer.clone())
-                .run(background.clone()),
+            Rescuer::new(
+                s.store.clone(),
+                s.actor.clone(),
+                s.metrics.clone(),
+                s.config.rescuer.clone(),
+            )
+            .run(background.clone()),
         );
-        tasks.spawn(
-            Cleaner::new(s.store.clone(), s.config.cleaner.clone()).run(background.clone()),
-        );
+        tasks
+            .spawn(Cleaner::new(s.store.clone(), s.config.cleaner.clone()).run(background.clone()));
         tasks.spawn(fetch(s.clone(), completer, background.clone()));
 
         shutdown.cancelled().await;
@@ -320,7 +324,11 @@ async fn keep_leases(s: Arc<Shared>, stop: CancellationToken) {
         if held.is_empty() {
             continue;
         }
-        match s.store.renew_leases(&s.actor.id, &held, s.config.lease).await {
+        match s
+            .store
+            .renew_leases(&s.actor.id, &held, s.config.lease)
+            .await
+        {
             Ok(kept) => {
                 let now = Instant::now();
                 let mut map = s.held.lock().unwrap();
@@ -343,7 +351,10 @@ async fn keep_leases(s: Arc<Shared>, stop: CancellationToken) {
                 let map = s.held.lock().unwrap();
                 for (id, h) in map.iter() {
                     if h.renewed_at.elapsed() + every >= s.config.lease {
-                        tracing::warn!(job_id = id, "lease about to expire unrenewed: stopping the stage");
+                        tracing::warn!(
+                            job_id = id,
+                            "lease about to expire unrenewed: stopping the stage"
+                        );
                         Metrics::inc(&s.metrics.leases_lost, 1);
                         h.cancel(CancelReason::LeaseLost);
                     }

@@ -26,7 +26,8 @@ pub(crate) async fn run_job(s: Arc<Shared>, completer: Completer, job: ClaimedJo
             renewed_at: Instant::now(),
         },
     );
-    let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempts);
+    let span =
+        tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempts);
     run_stages(&s, &completer, &job, &cancel, &reason)
         .instrument_in(span)
         .await;
@@ -188,7 +189,9 @@ async fn run_stages(
             _ => &s.metrics.jobs_retried,
         };
         match &event {
-            TransitionEvent::Dead { error } => tracing::warn!(stage = %stage_name, %error, "job dead"),
+            TransitionEvent::Dead { error } => {
+                tracing::warn!(stage = %stage_name, %error, "job dead")
+            }
             TransitionEvent::RetryScheduled { error, delay_ms } => {
                 tracing::info!(stage = %stage_name, %error, delay_ms, "stage failed; retry scheduled")
             }

@@ -1,0 +1,308 @@
+//! Test harness: a fresh database per test, the app in-process (`spawn_app`) or as a real
+//! child process (`spawn_process`), and waiting helpers.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+use tokio_util::sync::CancellationToken;
+
+use etlq::configuration::Settings;
+use etlq::queue::{JobState, JobStore, NewJob};
+use etlq::startup::{Application, Role, default_registry};
+
+/// The server the tests use: DATABASE_URL, else the local default.
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let mut u = url::Url::parse(url).expect("DATABASE_URL parses");
+    u.set_path(&format!("/{db}"));
+    u.to_string()
+}
+
+/// A database of its own for one test, migrated.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("etlq_test_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = with_database(&server_url(), "postgres");
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("connect to PostgreSQL (set DATABASE_URL)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = with_database(&server_url(), &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        etlq::db::migrate(&pool).await.expect("migrate");
+        TestDb { url, pool }
+    }
+
+    pub fn store(&self) -> JobStore {
+        JobStore::new(self.pool.clone(), 5)
+    }
+}
+
+/// Settings tuned for fast tests: short leases, quick rescue and polling.
+pub fn test_settings(db_url: &str) -> Settings {
+    let mut s = Settings::defaults();
+    s.database.url = db_url.to_string();
+    s.database.create_if_missing = false;
+    s.database.max_connections = 10;
+    s.api.port = 0;
+    s.worker.concurrency = 10;
+    s.worker.lease_ms = 1500;
+    s.worker.poll_interval_ms = 200;
+    s.worker.heartbeat_ms = 200;
+    s.worker.worker_ttl_ms = 3000;
+    s.worker.drain_timeout_ms = 10_000;
+    s.retry.backoff_base_ms = 100;
+    s.retry.backoff_max_ms = 1000;
+    s.maintenance.rescue_interval_ms = 200;
+    s
+}
+
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub db: Arc<TestDb>,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub app: Option<Application>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn store(&self) -> JobStore {
+        self.db.store()
+    }
+
+    pub fn lifecycle(&self) -> &etlq::lifecycle::Lifecycle {
+        &self.app.as_ref().unwrap().state.lifecycle
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn enqueue(&self, kind: &str, payload: Value) -> i64 {
+        self.store()
+            .enqueue(&NewJob::new(kind, payload))
+            .await
+            .unwrap()
+            .job_id
+    }
+
+    /// Starts a drain and waits until the app has stopped.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(app) = self.app.take() {
+            tokio::time::timeout(Duration::from_secs(30), app.wait())
+                .await
+                .expect("app stops within 30 s");
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let db = Arc::new(TestDb::new().await);
+    spawn_app_on(db, Role::Serve, |_| {}).await
+}
+
+/// Starts the app in-process on `db` with settings adjusted by `tweak`.
+pub async fn spawn_app_on(
+    db: Arc<TestDb>,
+    role: Role,
+    tweak: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = test_settings(&db.url);
+    tweak(&mut settings);
+    let shutdown = CancellationToken::new();
+    let app = Application::build_with_pool(
+        settings,
+        role,
+        default_registry(),
+        db.pool.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .expect("app starts");
+    TestApp {
+        addr: app.addr,
+        db,
+        client: reqwest::Client::new(),
+        shutdown,
+        app: Some(app),
+    }
+}
+
+/// A real `etlq` process. Killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process {} did not exit in {timeout:?}",
+                self.pid()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Environment for child processes matching `test_settings`.
+pub fn process_env(db_url: &str, version: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", db_url),
+        ("ETLQ__DATABASE__CREATE_IF_MISSING", "false"),
+        ("ETLQ__WORKER__VERSION", version),
+        ("ETLQ__WORKER__CONCURRENCY", "10"),
+        ("ETLQ__WORKER__LEASE_MS", "1500"),
+        ("ETLQ__WORKER__POLL_INTERVAL_MS", "200"),
+        ("ETLQ__WORKER__HEARTBEAT_MS", "200"),
+        ("ETLQ__WORKER__WORKER_TTL_MS", "3000"),
+        ("ETLQ__MAINTENANCE__RESCUE_INTERVAL_MS", "200"),
+        ("ETLQ__RETRY__BACKOFF_BASE_MS", "100"),
+        ("RUST_LOG", "info,sqlx=warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Starts `etlq <role> --port 0` and waits for its "listening" line.
+pub fn spawn_process(role: &str, env: &[(String, String)]) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etlq"))
+        .args([role, "--port", "0"])
+        .env_remove("ETLQ_CONFIG")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn etlq");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("etlq exited before listening")
+            .expect("read stdout");
+        if let Some(url) = line.strip_prefix("etlq listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Proc { child, base }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until job `id` is in `state` (like River's RequireInserted, for states).
+pub async fn require_state(store: &JobStore, id: i64, state: JobState, timeout: Duration) {
+    wait_for(timeout, &format!("job {id} to be {state}"), || async {
+        let job = store.get(id).await.ok()?;
+        (job.state == state).then_some(())
+    })
+    .await
+}
+
+/// `(stage, worker_id)` of every stage_completed event of a job, in order.
+pub async fn completed_stages(pool: &PgPool, job_id: i64) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT stage, worker_id FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY id",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// `(stage, worker_id)` of every recorded run of a `test` job's stages.
+pub async fn stage_runs(pool: &PgPool, job_id: i64) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT stage, worker_id FROM test_stage_runs WHERE job_id = $1 ORDER BY id")
+        .bind(job_id)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}

@@ -1,0 +1,212 @@
+//! Real processes: a deploy (drain over REST, stop, start the new version), `kill -9`
+//! mid-stage, and a frozen (SIGSTOP) worker whose late writes are fenced off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use etlq::queue::{JobState, NewJob};
+
+use crate::helpers::*;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn worker_ids_by_version(pool: &sqlx::PgPool, version: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT id FROM workers WHERE version = $1")
+        .bind(version)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn deploy_drains_v1_and_v2_resumes_each_job_at_its_checkpoint() {
+    let db = Arc::new(TestDb::new().await);
+    let store = db.store();
+    let mut p1 = spawn_process("worker", &process_env(&db.url, "v1"));
+    let id = store
+        .enqueue(&NewJob::new("test", json!({"sleep_ms": 600})))
+        .await
+        .unwrap()
+        .job_id;
+    // Wait until `first` is done and `second` is running in process 1.
+    wait_for(T, "first stage to complete", || async {
+        (completed_stages(&db.pool, id).await.len() == 1).then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let drained: serde_json::Value = client
+        .post(format!("{}/v1/lifecycle/drain", p1.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(drained["mode"], "PreparingForStop");
+    wait_for(T, "process 1 SafeToStop", || async {
+        let body: serde_json::Value = client
+            .get(format!("{}/v1/lifecycle", p1.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["mode"] == "SafeToStop").then_some(())
+    })
+    .await;
+    p1.signal("TERM");
+    assert_eq!(p1.wait_exit(T).await, Some(0), "clean exit after drain");
+    let mid = store.get(id).await.unwrap();
+    assert_eq!(mid.state, JobState::Queued);
+    assert_eq!(mid.attempts, 0);
+
+    let _p2 = spawn_process("worker", &process_env(&db.url, "v2"));
+    require_state(&store, id, JobState::Succeeded, T).await;
+
+    let v1 = worker_ids_by_version(&db.pool, "v1").await;
+    let v2 = worker_ids_by_version(&db.pool, "v2").await;
+    let done = completed_stages(&db.pool, id).await;
+    let stages: Vec<&str> = done.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(
+        stages,
+        ["first", "second", "third"],
+        "each stage completed exactly once"
+    );
+    // Stage k in process 1, stage k+1 onwards in process 2.
+    let k = done
+        .iter()
+        .position(|d| v2.contains(&d.1))
+        .expect("v2 ran a stage");
+    assert!(k >= 1, "v1 completed at least one stage");
+    assert!(done[..k].iter().all(|d| v1.contains(&d.1)));
+    assert!(done[k..].iter().all(|d| v2.contains(&d.1)));
+    // The recorded work agrees: no stage ran to completion twice.
+    let runs: Vec<String> = stage_runs(&db.pool, id)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(runs, ["first", "second", "third"]);
+    // And the timeline view shows which version ran each stage.
+    let versions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT stage, worker_version FROM job_timeline WHERE job_id = $1 AND event = 'stage_completed' ORDER BY event_id",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions[0].1, "v1");
+    assert_eq!(versions[2].1, "v2");
+}
+
+#[tokio::test]
+async fn kill_9_mid_stage_another_process_resumes_from_the_last_checkpoint() {
+    let db = Arc::new(TestDb::new().await);
+    let store = db.store();
+    let mut p1 = spawn_process("worker", &process_env(&db.url, "v1"));
+    let id = store
+        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"second": 2000}})))
+        .await
+        .unwrap()
+        .job_id;
+    wait_for(T, "first stage to complete", || async {
+        (completed_stages(&db.pool, id).await.len() == 1).then_some(())
+    })
+    .await;
+    p1.signal("KILL");
+    p1.wait_exit(T).await;
+    let p2 = spawn_process("worker", &process_env(&db.url, "v1"));
+    require_state(&store, id, JobState::Succeeded, T).await;
+
+    let events = store.events(id).await.unwrap();
+    let rescued = events
+        .iter()
+        .find(|e| e.event == "rescued")
+        .expect("rescued event");
+    assert!(rescued.error.as_deref().unwrap().contains("lease expired"));
+    let done = completed_stages(&db.pool, id).await;
+    let stages: Vec<&str> = done.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(stages, ["first", "second", "third"]);
+    assert_ne!(done[0].1, done[1].1, "second ran in the new process");
+    let runs: Vec<String> = stage_runs(&db.pool, id)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(runs, ["first", "second", "third"], "first was not re-run");
+    drop(p2);
+}
+
+#[tokio::test]
+async fn a_frozen_worker_that_wakes_up_late_cannot_overwrite_the_job() {
+    let db = Arc::new(TestDb::new().await);
+    let store = db.store();
+    let p1 = spawn_process("worker", &process_env(&db.url, "v1"));
+    let id = store
+        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"second": 1500}})))
+        .await
+        .unwrap()
+        .job_id;
+    wait_for(T, "first stage to complete", || async {
+        (completed_stages(&db.pool, id).await.len() == 1).then_some(())
+    })
+    .await;
+    let p1_id = completed_stages(&db.pool, id).await[0].1.clone();
+    p1.signal("STOP");
+    let p2 = spawn_process("worker", &process_env(&db.url, "v1"));
+    require_state(&store, id, JobState::Succeeded, T).await;
+    let final_job = store.get(id).await.unwrap();
+    p1.signal("CONT");
+    // Give the zombie time to finish its stage and try to write.
+    let client = reqwest::Client::new();
+    let metrics = wait_for(T, "the zombie to notice it lost the job", || async {
+        let text = client
+            .get(format!("{}/metrics", p1.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let counter = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let fenced =
+            counter("etlq_stale_writes_rejected_total") + counter("etlq_leases_lost_total");
+        (fenced > 0).then_some(text)
+    })
+    .await;
+    assert!(metrics.contains("etlq_jobs_claimed_total 1"), "{metrics}");
+    wait_for(T, "the zombie to let go of the job", || async {
+        let body: serde_json::Value = client
+            .get(format!("{}/v1/lifecycle", p1.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (body["in_flight"] == 0).then_some(())
+    })
+    .await;
+    let after = store.get(id).await.unwrap();
+    assert_eq!(after.state, JobState::Succeeded);
+    assert_eq!(
+        after.checkpoint, final_job.checkpoint,
+        "the zombie changed nothing"
+    );
+    assert_eq!(after.updated_at, final_job.updated_at);
+    let done = completed_stages(&db.pool, id).await;
+    assert_eq!(done.len(), 3);
+    assert!(
+        done[1..].iter().all(|d| d.1 != p1_id),
+        "no late checkpoint from the zombie"
+    );
+    drop(p2);
+}

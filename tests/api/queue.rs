@@ -1,0 +1,565 @@
+//! Queue semantics against real PostgreSQL: enqueue, claim order, retries, dead letters,
+//! cancellation, rescue and fencing, retention, and exactly-once stages under concurrency.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use etlq::maintenance::{Cleaner, CleanerConfig};
+use etlq::queue::{
+    Actor, DeadLetterFilter, JobState, NewJob, RetryFrom, Transition, TransitionEvent,
+};
+use etlq::startup::Role;
+
+use crate::helpers::*;
+
+const T: Duration = Duration::from_secs(20);
+
+fn actor(id: &str) -> Actor {
+    Actor {
+        id: id.into(),
+        version: "test".into(),
+    }
+}
+
+fn kinds() -> Vec<String> {
+    vec!["test".into(), "noop".into()]
+}
+
+#[tokio::test]
+async fn idempotent_enqueue_returns_the_existing_job_single_and_bulk() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut job = NewJob::new("noop", json!({"n": 1}));
+    job.idempotency_key = Some("upload-42".into());
+    let first = store.enqueue(&job).await.unwrap();
+    let again = store.enqueue(&job).await.unwrap();
+    assert!(first.created);
+    assert!(!again.created);
+    assert_eq!(first.job_id, again.job_id);
+
+    let mut fresh = NewJob::new("noop", json!({}));
+    fresh.idempotency_key = Some("upload-43".into());
+    let plain = NewJob::new("noop", json!({}));
+    let out = store
+        .enqueue_many(&[plain.clone(), job.clone(), fresh, plain])
+        .await
+        .unwrap();
+    assert_eq!(out[1].job_id, first.job_id);
+    assert!(!out[1].created);
+    assert!(out[0].created && out[2].created && out[3].created);
+    let ids: HashSet<i64> = out.iter().map(|e| e.job_id).collect();
+    assert_eq!(ids.len(), 4);
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 4, "the duplicate key inserted nothing");
+}
+
+#[tokio::test]
+async fn bulk_enqueue_returns_ids_in_input_order_with_one_event_each() {
+    let db = TestDb::new().await;
+    let jobs: Vec<NewJob> = (0..1000)
+        .map(|i| NewJob::new("noop", json!({"i": i})))
+        .collect();
+    let out = db.store().enqueue_many(&jobs).await.unwrap();
+    assert_eq!(out.len(), 1000);
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, (payload->>'i')::int8 FROM jobs ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let by_id: HashMap<i64, i64> = rows.into_iter().collect();
+    for (i, e) in out.iter().enumerate() {
+        assert_eq!(by_id[&e.job_id], i as i64, "job for input {i}");
+    }
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_events WHERE event = 'enqueued'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 1000);
+}
+
+#[tokio::test]
+async fn claims_honour_priority_then_run_at_and_skip_future_jobs() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut later = NewJob::new("noop", json!({"n": "delayed"}));
+    later.delay_ms = Some(60_000);
+    let mut low = NewJob::new("noop", json!({"n": "low"}));
+    low.priority = Some(5);
+    let mut high = NewJob::new("noop", json!({"n": "high"}));
+    high.priority = Some(-1);
+    let normal = NewJob::new("noop", json!({"n": "normal"}));
+    store
+        .enqueue_many(&[later, low, normal, high])
+        .await
+        .unwrap();
+    let a = actor("a");
+    let claimed = store
+        .claim(&a, &kinds(), 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let order: Vec<&str> = claimed
+        .iter()
+        .map(|j| j.payload["n"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["high", "normal", "low"]);
+    assert!(
+        claimed
+            .iter()
+            .all(|j| j.attempts == 1 && j.fencing_token == 1)
+    );
+    // Only kinds the worker knows are claimed.
+    store
+        .enqueue(&NewJob::new("etl.future", json!({})))
+        .await
+        .unwrap();
+    let none = store
+        .claim(&a, &kinds(), 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test]
+async fn expired_lease_is_rescued_and_the_stale_holders_writes_are_rejected() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let id = store
+        .enqueue(&NewJob::new("test", json!({})))
+        .await
+        .unwrap()
+        .job_id;
+    let zombie = actor("zombie");
+    let job = store
+        .claim(&zombie, &kinds(), 1, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .remove(0);
+    // Not expired yet: nothing to rescue.
+    assert_eq!(store.rescue_expired(&actor("r"), 100).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.rescue_expired(&actor("r"), 100).await.unwrap(), 1);
+    let fresh = actor("fresh");
+    let job2 = store
+        .claim(&fresh, &kinds(), 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(job2.id, id);
+    assert!(job2.fencing_token > job.fencing_token);
+    assert_eq!(job2.attempts, 2, "the lost run counted as an attempt");
+
+    let done = |token| Transition {
+        job_id: id,
+        fencing_token: token,
+        event: TransitionEvent::StageCompleted {
+            output: json!({"by": token}),
+            next_stage: Some("second".into()),
+        },
+        stage: Some("first".into()),
+        attempt: 1,
+        duration_ms: Some(1.0),
+    };
+    // The zombie's late checkpoint, lease renewal and release are all refused.
+    assert!(
+        store
+            .apply(&zombie, &[done(job.fencing_token)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .renew_leases(
+                "zombie",
+                &[(id, job.fencing_token)],
+                Duration::from_secs(30)
+            )
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .apply(&fresh, &[done(job2.fencing_token)])
+            .await
+            .unwrap(),
+        vec![id]
+    );
+    let stored = store.get(id).await.unwrap();
+    assert_eq!(stored.checkpoint["first"]["by"], job2.fencing_token);
+    assert_eq!(stored.lease_owner.as_deref(), Some("fresh"));
+    let events: Vec<String> = store
+        .events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "enqueued",
+            "claimed",
+            "rescued",
+            "claimed",
+            "stage_completed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rescue_of_a_job_out_of_attempts_dead_letters_it() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut job = NewJob::new("test", json!({"bu_id": "BU1"}));
+    job.max_attempts = Some(1);
+    let id = store.enqueue(&job).await.unwrap().job_id;
+    store
+        .claim(&actor("a"), &kinds(), 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.rescue_expired(&actor("r"), 100).await.unwrap();
+    let stored = store.get(id).await.unwrap();
+    assert_eq!(stored.state, JobState::Dead);
+    let dl = store
+        .dead_letters(&DeadLetterFilter::default(), false, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dl.items.len(), 1);
+    assert_eq!(dl.items[0].bu_id.as_deref(), Some("BU1"));
+    assert!(
+        dl.items[0].reason.contains("lease expired"),
+        "{}",
+        dl.items[0].reason
+    );
+}
+
+#[tokio::test]
+async fn failed_stage_retries_with_backoff_and_resumes_at_its_checkpoint() {
+    let app = spawn_app().await;
+    let store = app.store();
+    let id = app
+        .enqueue("test", json!({"fail": {"second": {"times": 2}}}))
+        .await;
+    require_state(&store, id, JobState::Succeeded, T).await;
+    let job = store.get(id).await.unwrap();
+    assert_eq!(job.attempts, 3);
+    // `first` ran once: retries resumed from its checkpoint.
+    let runs = stage_runs(&app.db.pool, id).await;
+    let stages: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(stages, ["first", "second", "third"]);
+    // Each retry waited at least its backoff (base 100 ms doubling, jitter ±20%).
+    let events = store.events(id).await.unwrap();
+    let at = |ev: &str, attempt: i32| -> DateTime<Utc> {
+        events
+            .iter()
+            .find(|e| e.event == ev && e.attempt == Some(attempt))
+            .unwrap_or_else(|| panic!("{ev} attempt {attempt}"))
+            .at
+    };
+    let gap1 = at("claimed", 2) - at("stage_failed", 1);
+    let gap2 = at("claimed", 3) - at("stage_failed", 2);
+    assert!(gap1.num_milliseconds() >= 80, "first backoff {gap1}");
+    assert!(gap2.num_milliseconds() >= 160, "second backoff {gap2}");
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == "stage_failed")
+        .collect();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed
+            .iter()
+            .all(|e| e.to_state.as_deref() == Some("retrying"))
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn exhausted_and_fatal_failures_are_dead_lettered_with_their_reason() {
+    let app = spawn_app().await;
+    let store = app.store();
+    let mut exhausted = NewJob::new("test", json!({"fail": {"third": {}}, "bu_id": "BU7"}));
+    exhausted.max_attempts = Some(2);
+    let exhausted = store.enqueue(&exhausted).await.unwrap().job_id;
+    let fatal = app
+        .enqueue("test", json!({"fail": {"first": {"fatal": true}}}))
+        .await;
+    require_state(&store, exhausted, JobState::Dead, T).await;
+    require_state(&store, fatal, JobState::Dead, T).await;
+    assert_eq!(
+        store.get(fatal).await.unwrap().attempts,
+        1,
+        "fatal errors are not retried"
+    );
+    let dl = store
+        .dead_letters(&DeadLetterFilter::default(), false, None, 10)
+        .await
+        .unwrap()
+        .items;
+    let ex = dl.iter().find(|d| d.job_id == exhausted).unwrap();
+    assert_eq!(ex.failed_stage.as_deref(), Some("third"));
+    assert_eq!(ex.attempts, 2);
+    assert_eq!(ex.bu_id.as_deref(), Some("BU7"));
+    assert!(ex.reason.contains("attempt 2 of 2"), "{}", ex.reason);
+    let fa = dl.iter().find(|d| d.job_id == fatal).unwrap();
+    assert_eq!(fa.failed_stage.as_deref(), Some("first"));
+    assert!(fa.reason.contains("failed on demand"), "{}", fa.reason);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letters_retry_one_and_in_bulk_from_checkpoint_or_start() {
+    let app = spawn_app().await;
+    let store = app.store();
+    let mut ids = Vec::new();
+    for bu in ["A", "A", "B"] {
+        // Fails its first attempt at `second`, succeeds afterwards.
+        let mut j = NewJob::new(
+            "test",
+            json!({"bu_id": bu, "fail": {"second": {"times": 1}}}),
+        );
+        j.max_attempts = Some(1);
+        ids.push(store.enqueue(&j).await.unwrap().job_id);
+    }
+    for id in &ids {
+        require_state(&store, *id, JobState::Dead, T).await;
+    }
+    // One, from its checkpoint, over REST.
+    let (status, body) = app
+        .post(&format!("/v1/dead-letters/{}/retry", ids[0]), json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    require_state(&store, ids[0], JobState::Succeeded, T).await;
+    let stages: Vec<String> = stage_runs(&app.db.pool, ids[0])
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(stages, ["first", "second", "third"], "first was not re-run");
+    // Retrying it again is a conflict: it is not dead any more.
+    let (status, body) = app
+        .post(&format!("/v1/dead-letters/{}/retry", ids[0]), json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Bulk by bu_id from the start: only the other A job.
+    let (status, body) = app
+        .post(
+            "/v1/dead-letters/retry",
+            json!({"bu_id": "A", "from": "start"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["job_ids"], json!([ids[1]]));
+    require_state(&store, ids[1], JobState::Succeeded, T).await;
+    let stages: Vec<String> = stage_runs(&app.db.pool, ids[1])
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(
+        stages,
+        ["first", "first", "second", "third"],
+        "from start re-runs first"
+    );
+    assert_eq!(store.get(ids[2]).await.unwrap().state, JobState::Dead);
+
+    // An unfiltered bulk retry must be explicit.
+    let (status, _) = app.post("/v1/dead-letters/retry", json!({})).await;
+    assert_eq!(status, 422);
+    let (status, body) = app
+        .post("/v1/dead-letters/retry", json!({"all": true}))
+        .await;
+    assert_eq!((status, body["retried"].as_i64()), (202, Some(1)));
+    require_state(&store, ids[2], JobState::Succeeded, T).await;
+    let (_, list) = app.get("/v1/dead-letters").await;
+    assert_eq!(list["dead_letters"], json!([]), "all retried");
+    let (_, list) = app.get("/v1/dead-letters?include_retried=true").await;
+    assert_eq!(list["dead_letters"].as_array().unwrap().len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_and_running_jobs() {
+    let app = spawn_app().await;
+    let store = app.store();
+    let mut delayed = NewJob::new("test", json!({}));
+    delayed.delay_ms = Some(60_000);
+    let queued = store.enqueue(&delayed).await.unwrap().job_id;
+    let running = app
+        .enqueue("test", json!({"sleep_ms": {"first": 30000}}))
+        .await;
+    require_state(&store, running, JobState::Running, T).await;
+
+    let (status, body) = app
+        .post(&format!("/v1/jobs/{queued}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["previous_state"].as_str()),
+        (200, Some("queued"))
+    );
+    let (status, body) = app
+        .post(&format!("/v1/jobs/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["previous_state"].as_str()),
+        (200, Some("running"))
+    );
+    // The worker stops the stage promptly and frees its slot.
+    wait_for(T, "the cancelled stage to stop", || async {
+        (app.lifecycle().status().in_flight == 0).then_some(())
+    })
+    .await;
+    let job = store.get(running).await.unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert!(job.lease_owner.is_none());
+    assert!(stage_runs(&app.db.pool, running).await.is_empty());
+    assert!(completed_stages(&app.db.pool, running).await.is_empty());
+    // Finished jobs cannot be cancelled; unknown ones are 404.
+    let (status, body) = app
+        .post(&format!("/v1/jobs/{running}/cancel"), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    let (status, _) = app.post("/v1/jobs/999999/cancel", json!({})).await;
+    assert_eq!(status, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cleaner_deletes_finished_jobs_past_retention_with_their_history() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let out = store
+        .enqueue_many(&vec![NewJob::new("noop", json!({})); 4])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = out.iter().map(|e| e.job_id).collect();
+    // Old succeeded, old dead, recent succeeded, and one still queued.
+    sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '10 days' WHERE id = $1")
+        .bind(ids[0]).execute(&db.pool).await.unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'dead', finished_at = now() - interval '10 days' WHERE id = $1",
+    )
+    .bind(ids[1])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = $1")
+        .bind(ids[2])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let cleaner = Cleaner::new(store.clone(), CleanerConfig::default());
+    assert_eq!(cleaner.clean_once().await.unwrap(), 1);
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        &ids[1..],
+        "dead jobs are kept longer (30 days by default)"
+    );
+    let orphan_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_events WHERE job_id = $1")
+            .bind(ids[0])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(orphan_events, 0);
+}
+
+#[tokio::test]
+async fn several_workers_run_thousands_of_jobs_each_stage_exactly_once() {
+    let db = Arc::new(TestDb::new().await);
+    let mut apps = Vec::new();
+    for _ in 0..4 {
+        apps.push(spawn_app_on(db.clone(), Role::Worker, |s| s.worker.fetch_batch = 7).await);
+    }
+    let n = 2000;
+    let jobs: Vec<NewJob> = (0..n).map(|_| NewJob::new("test", json!({}))).collect();
+    db.store().enqueue_many(&jobs).await.unwrap();
+    wait_for(Duration::from_secs(120), "every job to succeed", || async {
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (done == n).then_some(())
+    })
+    .await;
+    // Every stage ran to completion exactly once, and every job was claimed exactly once.
+    let dup_runs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT job_id, stage FROM test_stage_runs GROUP BY 1, 2 HAVING count(*) > 1) d",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM test_stage_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let claims: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE event = 'claimed'), count(DISTINCT job_id) FROM job_events",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(dup_runs, 0);
+    assert_eq!(runs, 3 * n);
+    assert_eq!(claims[0], (n, n));
+    // The work was really shared.
+    let workers: i64 = sqlx::query_scalar("SELECT count(DISTINCT worker_id) FROM test_stage_runs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(workers >= 2, "only {workers} worker(s) took jobs");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn retried_dead_letter_keeps_attempt_history() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let mut j = NewJob::new("test", json!({}));
+    j.max_attempts = Some(1);
+    let id = store.enqueue(&j).await.unwrap().job_id;
+    let claimed = store
+        .claim(&actor("a"), &kinds(), 1, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .remove(0);
+    let dead = Transition {
+        job_id: id,
+        fencing_token: claimed.fencing_token,
+        event: TransitionEvent::Dead {
+            error: "boom".into(),
+        },
+        stage: Some("first".into()),
+        attempt: 1,
+        duration_ms: None,
+    };
+    assert_eq!(store.apply(&actor("a"), &[dead]).await.unwrap(), vec![id]);
+    store
+        .retry_dead(id, RetryFrom::Checkpoint, "op")
+        .await
+        .unwrap();
+    let job = store.get(id).await.unwrap();
+    assert_eq!(
+        (job.state, job.attempts, job.max_attempts),
+        (JobState::Queued, 1, 2)
+    );
+}
