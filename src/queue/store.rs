@@ -265,9 +265,9 @@ impl JobStore {
             attempts.push(t.attempt);
             durations.push(t.duration_ms);
             stages.push(t.stage.as_deref());
+            events.push(t.event.name());
             match &t.event {
                 TransitionEvent::StageCompleted { output, next_stage } => {
-                    events.push("stage_completed");
                     to_states.push(if next_stage.is_some() {
                         "running"
                     } else {
@@ -280,7 +280,6 @@ impl JobStore {
                     errors.push(None);
                 }
                 TransitionEvent::Released { reason } => {
-                    events.push("released");
                     to_states.push("queued");
                     next_stages.push(t.stage.as_deref());
                     outputs.push(None);
@@ -289,7 +288,6 @@ impl JobStore {
                     errors.push(Some(reason));
                 }
                 TransitionEvent::RetryScheduled { error, delay_ms } => {
-                    events.push("stage_failed");
                     to_states.push("retrying");
                     next_stages.push(t.stage.as_deref());
                     outputs.push(None);
@@ -298,7 +296,6 @@ impl JobStore {
                     errors.push(Some(error));
                 }
                 TransitionEvent::Dead { error } => {
-                    events.push("dead");
                     to_states.push("dead");
                     next_stages.push(t.stage.as_deref());
                     outputs.push(None);
@@ -371,6 +368,32 @@ impl JobStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(applied)
+    }
+
+    /// Which of `transitions` are already recorded. After a connection error the outcome of a
+    /// commit is unknown; this makes the retry idempotent (a committed write is not repeated).
+    pub async fn already_applied(
+        &self,
+        transitions: &[Transition],
+    ) -> Result<Vec<i64>, QueueError> {
+        let ids: Vec<i64> = transitions.iter().map(|t| t.job_id).collect();
+        let tokens: Vec<i64> = transitions.iter().map(|t| t.fencing_token).collect();
+        let events: Vec<&str> = transitions.iter().map(|t| t.event.name()).collect();
+        let stages: Vec<Option<&str>> = transitions.iter().map(|t| t.stage.as_deref()).collect();
+        Ok(sqlx::query_scalar(
+            r#"
+            SELECT DISTINCT i.id
+            FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS i(id, token, event, stage)
+            JOIN job_events e ON e.job_id = i.id AND e.fencing_token = i.token
+                             AND e.event = i.event AND e.stage IS NOT DISTINCT FROM i.stage
+            "#,
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&events)
+        .bind(&stages)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Extends the leases of jobs still held under their tokens; returns the ids still held.

@@ -195,3 +195,15 @@ pub enum TransitionEvent {
     /// The job is dead (attempts exhausted or non-retryable); a dead letter is written with it.
     Dead { error: String },
 }
+
+impl TransitionEvent {
+    /// The `job_events.event` this transition writes.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransitionEvent::StageCompleted { .. } => "stage_completed",
+            TransitionEvent::Released { .. } => "released",
+            TransitionEvent::RetryScheduled { .. } => "stage_failed",
+            TransitionEvent::Dead { .. } => "dead",
+        }
+    }
+}

@@ -43,6 +43,57 @@ impl Completer {
     }
 }
 
+/// Writes one batch, retrying through connection errors. Returns the job ids applied.
+async fn write(
+    store: &JobStore,
+    actor: &Actor,
+    batch: &[Request],
+    give_up: Duration,
+) -> HashSet<i64> {
+    let mut pending: Vec<Transition> = batch.iter().map(|(t, _)| t.clone()).collect();
+    let mut applied = HashSet::new();
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    let mut uncertain = false;
+    loop {
+        if uncertain {
+            // The previous attempt may have committed before the connection broke.
+            match store.already_applied(&pending).await {
+                Ok(done) => {
+                    applied.extend(done.iter().copied());
+                    pending.retain(|t| !done.contains(&t.job_id));
+                    uncertain = false;
+                }
+                Err(e) => tracing::warn!(error = %e, "checking a failed write; retrying"),
+            }
+        }
+        if !uncertain {
+            if pending.is_empty() {
+                return applied;
+            }
+            match store.apply(actor, &pending).await {
+                Ok(ids) => {
+                    applied.extend(ids);
+                    return applied;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = pending.len(), "writing transitions failed; retrying");
+                    uncertain = true;
+                }
+            }
+        }
+        if started.elapsed() >= give_up {
+            tracing::error!(
+                batch = pending.len(),
+                "giving up on transitions; their jobs will be rescued"
+            );
+            return applied;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
 async fn run(
     store: JobStore,
     actor: Actor,
@@ -52,23 +103,7 @@ async fn run(
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let transitions: Vec<Transition> = batch.iter().map(|(t, _)| t.clone()).collect();
-        let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(50);
-        let applied = loop {
-            match store.apply(&actor, &transitions).await {
-                Ok(ids) => break ids.into_iter().collect::<HashSet<i64>>(),
-                Err(e) if started.elapsed() < give_up => {
-                    tracing::warn!(error = %e, batch = transitions.len(), "writing transitions failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, batch = transitions.len(), "giving up on transitions; their jobs will be rescued");
-                    break HashSet::new();
-                }
-            }
-        };
+        let applied = write(&store, &actor, &batch, give_up).await;
         for (t, done) in batch.drain(..) {
             let ok = applied.contains(&t.job_id);
             if !ok {

@@ -106,3 +106,53 @@ async fn drain_wait_exits_zero_at_safe_to_stop_and_non_zero_on_timeout() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"mode\":\"SafeToStop\""), "{out}");
 }
+
+#[tokio::test]
+async fn every_sql_query_runs_with_psql() {
+    let app = spawn_app().await;
+    let ok = app.enqueue("test", json!({"bu_id": "SQL"})).await;
+    let mut dead = NewJob::new("test", json!({"fail": {"second": {"fatal": true}}}));
+    dead.max_attempts = Some(1);
+    let dead = app.store().enqueue(&dead).await.unwrap().job_id;
+    require_state(
+        &app.store(),
+        ok,
+        JobState::Succeeded,
+        Duration::from_secs(20),
+    )
+    .await;
+    require_state(&app.store(), dead, JobState::Dead, Duration::from_secs(20)).await;
+    let mut files: Vec<_> = std::fs::read_dir("sql")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5);
+    for f in files {
+        let out = Command::new("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-v", &format!("job_id={ok}")])
+            .arg(&app.db.url)
+            .arg("-f")
+            .arg(&f)
+            .output()
+            .expect("psql is installed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if f.ends_with("job_history.sql") {
+            assert!(
+                stdout.contains("stage_completed") && stdout.contains("third"),
+                "{stdout}"
+            );
+        }
+        if f.ends_with("dead_letters.sql") {
+            assert!(stdout.contains("failed on demand"), "{stdout}");
+        }
+    }
+    app.stop().await;
+}

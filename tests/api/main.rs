@@ -3,6 +3,7 @@
 mod cli;
 mod helpers;
 mod lifecycle;
+mod outage;
 mod process;
 mod queue;
 mod rest;

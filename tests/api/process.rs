@@ -210,3 +210,30 @@ async fn a_frozen_worker_that_wakes_up_late_cannot_overwrite_the_job() {
     );
     drop(p2);
 }
+
+#[tokio::test]
+async fn sigterm_mid_stage_finishes_the_stage_releases_the_job_and_exits_zero() {
+    let db = Arc::new(TestDb::new().await);
+    let store = db.store();
+    let mut p = spawn_process("worker", &process_env(&db.url, "v1"));
+    let id = store
+        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"first": 800}})))
+        .await
+        .unwrap()
+        .job_id;
+    require_state(&store, id, JobState::Running, T).await;
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(T).await, Some(0));
+    let job = store.get(id).await.unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Queued, 0));
+    assert!(
+        job.checkpoint.get("first").is_some(),
+        "the running stage finished and was checkpointed"
+    );
+    let (mode, stopped): (String, bool) =
+        sqlx::query_as("SELECT mode, stopped_at IS NOT NULL FROM workers")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((mode.as_str(), stopped), ("SafeToStop", true));
+}

@@ -1,0 +1,221 @@
+//! Queue benchmark (not a test): no-op single-stage jobs on a real PostgreSQL.
+//!
+//!   scripts/bench-queue            # or: cargo bench --bench queue -- [--jobs N] [--runs N]
+//!
+//! Reports, as the median of several runs: bulk enqueue jobs/s (one `enqueue_many` call),
+//! processed jobs/s (one worker process, full history kept: every claim and completion is in
+//! `job_events`), and pickup latency (enqueue call → stage start) p50/p99 with an idle worker.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgPool};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use etlq::configuration::Settings;
+use etlq::fleet::WorkerInfo;
+use etlq::lifecycle::Lifecycle;
+use etlq::metrics::Metrics;
+use etlq::pipeline::{FnStage, JobKind, Registry, register_builtin};
+use etlq::queue::{JobStore, NewJob};
+use etlq::worker::Worker;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn fresh_db(server: &str) -> (String, PgPool) {
+    let admin = format!("{server}/postgres");
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query("DROP DATABASE IF EXISTS etlq_bench WITH (FORCE)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE etlq_bench")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let url = format!("{server}/etlq_bench");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await
+        .unwrap();
+    etlq::db::migrate(&pool).await.unwrap();
+    (url, pool)
+}
+
+fn settings(url: &str, concurrency: usize, batch: usize) -> Settings {
+    let mut s = Settings::defaults();
+    s.database.url = url.into();
+    s.worker.concurrency = concurrency;
+    s.worker.fetch_batch = batch;
+    s.worker.poll_interval_ms = 1000;
+    s
+}
+
+fn start_worker(
+    s: &Settings,
+    pool: &PgPool,
+    registry: Registry,
+) -> (Arc<Metrics>, CancellationToken, tokio::task::JoinHandle<()>) {
+    let metrics = Arc::new(Metrics::default());
+    let lifecycle = Lifecycle::new(s.worker.drain_timeout());
+    let w = Worker::new(
+        s,
+        pool.clone(),
+        Arc::new(registry),
+        lifecycle,
+        metrics.clone(),
+        WorkerInfo::for_this_process(s, "bench"),
+    );
+    let stop = CancellationToken::new();
+    let h = tokio::spawn(w.run(stop.clone()));
+    (metrics, stop, h)
+}
+
+async fn truncate(pool: &PgPool) {
+    sqlx::query("TRUNCATE jobs, job_events, dead_letters, workers")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("VACUUM ANALYZE jobs")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+#[tokio::main]
+async fn main() {
+    let server =
+        std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let jobs = arg("--jobs", 20_000);
+    let runs = arg("--runs", 3);
+    let concurrency = arg("--concurrency", 1000);
+    let batch = arg("--batch", 500);
+    let samples = arg("--samples", 300);
+    let (url, pool) = fresh_db(&server).await;
+    let store = JobStore::new(pool.clone(), 5);
+    let noop: Vec<NewJob> = (0..jobs)
+        .map(|_| NewJob::new("noop", Value::Null))
+        .collect();
+
+    let mut enqueue_rates = Vec::new();
+    let mut process_rates = Vec::new();
+    let mut wal_per_job = Vec::new();
+    for run in 1..=runs {
+        truncate(&pool).await;
+        let t = Instant::now();
+        store.enqueue_many(&noop).await.unwrap();
+        let enq = jobs as f64 / t.elapsed().as_secs_f64();
+
+        let lsn0: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let mut registry = Registry::new();
+        register_builtin(&mut registry);
+        let s = settings(&url, concurrency, batch);
+        let t = Instant::now();
+        let (metrics, stop, handle) = start_worker(&s, &pool, registry);
+        while metrics.jobs_succeeded.load(Ordering::Relaxed) < jobs as u64 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let elapsed = t.elapsed().as_secs_f64();
+        let wal: f64 =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+                .bind(&lsn0)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        stop.cancel();
+        handle.await.unwrap();
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM job_events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(done as usize, jobs, "every job succeeded");
+        let proc_rate = jobs as f64 / elapsed;
+        println!(
+            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job",
+            wal / jobs as f64
+        );
+        enqueue_rates.push(enq);
+        process_rates.push(proc_rate);
+        wal_per_job.push(wal / jobs as f64);
+    }
+
+    // Pickup latency: an idle worker woken by NOTIFY; enqueue → stage start.
+    truncate(&pool).await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(i64, Instant)>();
+    let mut registry = Registry::new();
+    registry.register(JobKind::new("ping").stage(FnStage::new(
+        "run",
+        move |ctx: etlq::pipeline::StageContext| {
+            let _ = tx.send((ctx.job_id, Instant::now()));
+            async { Ok(Value::Null) }.boxed()
+        },
+    )));
+    let s = settings(&url, 10, 10);
+    let (_m, stop, handle) = start_worker(&s, &pool, registry);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut lat = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let t = Instant::now();
+        let id = store
+            .enqueue(&NewJob::new("ping", json!({"i": i})))
+            .await
+            .unwrap()
+            .job_id;
+        let (got, started) = rx.recv().await.unwrap();
+        assert_eq!(got, id);
+        lat.push(started.duration_since(t).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    handle.await.unwrap();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    println!();
+    println!("| measurement ({jobs} no-op jobs, median of {runs}) | etlq |");
+    println!("|---|---|");
+    println!(
+        "| enqueue, one bulk call | {:.0} jobs/s |",
+        median(enqueue_rates)
+    );
+    println!(
+        "| process, 1 process, concurrency {concurrency} / batch {batch}, full history kept | {:.0} jobs/s |",
+        median(process_rates)
+    );
+    println!(
+        "| pickup latency enqueue → stage start, p50 / p99 ({samples} samples) | {:.2} / {:.2} ms |",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+    println!("| WAL per processed job | {:.0} B |", median(wal_per_job));
+}
