@@ -38,18 +38,21 @@ async fn fresh_db(server: &str) -> (String, PgPool) {
     let mut c = sqlx::PgConnection::connect(&admin)
         .await
         .expect("connect to PostgreSQL");
-    sqlx::query("DROP DATABASE IF EXISTS etlq_bench WITH (FORCE)")
-        .execute(&mut c)
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE etlq_bench")
-        .execute(&mut c)
-        .await
-        .unwrap();
+    // BENCH_KEEP_DB=1 keeps per-database settings (e.g. auto_explain) between runs.
+    if std::env::var_os("BENCH_KEEP_DB").is_none() {
+        sqlx::query("DROP DATABASE IF EXISTS etlq_bench WITH (FORCE)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("CREATE DATABASE etlq_bench")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
     let url = format!("{server}/etlq_bench");
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
-        .connect(&url)
+        .connect_with(etlq::db::connect_options(&url).unwrap())
         .await
         .unwrap();
     etlq::db::migrate(&pool).await.unwrap();
@@ -130,6 +133,9 @@ async fn main() {
         store.enqueue_many(&noop).await.unwrap();
         let enq = jobs as f64 / t.elapsed().as_secs_f64();
 
+        let commits =
+            "SELECT xact_commit::float8 FROM pg_stat_database WHERE datname = current_database()";
+        let c0: f64 = sqlx::query_scalar(commits).fetch_one(&pool).await.unwrap();
         let lsn0: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
             .fetch_one(&pool)
             .await
@@ -149,6 +155,7 @@ async fn main() {
                 .fetch_one(&pool)
                 .await
                 .unwrap();
+        let c1: f64 = sqlx::query_scalar(commits).fetch_one(&pool).await.unwrap();
         stop.cancel();
         handle.await.unwrap();
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
@@ -162,8 +169,9 @@ async fn main() {
         assert_eq!(done as usize, jobs, "every job succeeded");
         let proc_rate = jobs as f64 / elapsed;
         println!(
-            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job",
-            wal / jobs as f64
+            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job, {:.3} commits/job",
+            wal / jobs as f64,
+            (c1 - c0) / jobs as f64
         );
         enqueue_rates.push(enq);
         process_rates.push(proc_rate);

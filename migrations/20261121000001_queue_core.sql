@@ -25,18 +25,23 @@ CREATE TABLE jobs (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
     finished_at      timestamptz,
-    CHECK (state <> 'running' OR (lease_owner IS NOT NULL AND lease_expires_at IS NOT NULL))
+    -- A lease is held exactly while running; worker writes use `lease_owner IS NOT NULL` as
+    -- their "still running" guard (see queue/store.rs).
+    CHECK ((state = 'running') = (lease_owner IS NOT NULL)),
+    CHECK (state <> 'running' OR lease_expires_at IS NOT NULL)
 );
 
--- Claim: the partial index holds only claimable rows, so it stays small however much history is kept.
+-- Every job update changes `state`, so none is HOT and each one writes an entry into every
+-- index: only the indexes the hot path needs are full; the rest are partial over rare rows.
+-- Claim: holds only claimable rows, so it stays small however much history is kept.
 CREATE INDEX jobs_claim_idx ON jobs (priority, run_at, id) WHERE state IN ('queued', 'retrying');
 -- Rescue of expired leases.
 CREATE INDEX jobs_lease_idx ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE UNIQUE INDEX jobs_idempotency_key_idx ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
--- History and retention.
-CREATE INDEX jobs_state_id_idx ON jobs (state, id);
-CREATE INDEX jobs_finished_idx ON jobs (finished_at) WHERE finished_at IS NOT NULL;
-CREATE INDEX jobs_bu_id_idx ON jobs ((payload ->> 'bu_id'), id);
+-- History of failures (listing dead or cancelled jobs); succeeded jobs are listed by id.
+CREATE INDEX jobs_unhappy_idx ON jobs (state, id) WHERE state IN ('dead', 'cancelled');
+-- Jobs of a business unit (ETL jobs carry bu_id in their payload).
+CREATE INDEX jobs_bu_id_idx ON jobs ((payload ->> 'bu_id'), id) WHERE payload ? 'bu_id';
 
 -- Wake-ups: workers LISTEN on etlq_jobs. Inserts notify once per statement; updates notify
 -- only when a row becomes claimable now (release, rescue, dead-letter retry), so the claim
@@ -66,7 +71,7 @@ CREATE TRIGGER jobs_notify_requeue AFTER UPDATE OF state ON jobs
 -- Append-only history: one row per state transition and per finished stage,
 -- written in the same transaction as the change it records.
 CREATE TABLE job_events (
-    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id             bigint GENERATED ALWAYS AS IDENTITY,
     job_id         bigint      NOT NULL,
     at             timestamptz NOT NULL DEFAULT now(),
     event          text        NOT NULL,
@@ -78,10 +83,13 @@ CREATE TABLE job_events (
     worker_id      text,
     worker_version text,
     duration_ms    double precision,
-    error          text
+    error          text,
+    -- One index serves both identity and a job's history in order (one write per event).
+    PRIMARY KEY (job_id, id)
 );
-CREATE INDEX job_events_job_idx ON job_events (job_id, id);
-CREATE INDEX job_events_stage_at_idx ON job_events (at) WHERE event = 'stage_completed';
+-- Time-range scans (stage latency over the last day): BRIN costs next to nothing to maintain
+-- on an append-only table.
+CREATE INDEX job_events_at_brin ON job_events USING brin (at);
 
 CREATE TABLE dead_letters (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -216,7 +216,9 @@ impl JobStore {
                     fencing_token = j.fencing_token + 1,
                     started_at = coalesce(j.started_at, now()), updated_at = now()
                 FROM picked
-                WHERE j.id = picked.id
+                -- The ANY keeps the plan on the primary key; a bare join to the CTE hash-joins
+                -- against a scan of the whole table, which grows with history.
+                WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT id FROM picked))
                 RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempts, j.max_attempts,
                           j.fencing_token, j.stage, picked.prev_state
             ),
@@ -331,7 +333,10 @@ impl JobStore {
                     progress = CASE WHEN i.to_state = 'running' THEN j.progress END,
                     updated_at = now()
                 FROM input i
-                WHERE j.id = i.id AND j.fencing_token = i.token AND j.state = 'running'
+                -- "Still running" is tested as `lease_owner IS NOT NULL` (equivalent by a CHECK
+                -- constraint) so the planner drives the join from the input through the primary
+                -- key instead of matching every input row against the partial lease index.
+                WHERE j.id = i.id AND j.fencing_token = i.token AND j.lease_owner IS NOT NULL
                 RETURNING j.id, j.kind, j.payload, j.attempts, i.event, i.to_state, i.stage,
                           i.error, i.attempt, i.duration_ms, i.token
             ),
@@ -409,8 +414,7 @@ impl JobStore {
             r#"
             UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4)
             FROM unnest($1::int8[], $2::int8[]) AS h(id, token)
-            WHERE j.id = h.id AND j.fencing_token = h.token AND j.state = 'running'
-              AND j.lease_owner = $3
+            WHERE j.id = h.id AND j.fencing_token = h.token AND j.lease_owner = $3
             RETURNING j.id
             "#,
         )
@@ -465,7 +469,7 @@ impl JobStore {
                     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
                     updated_at = now()
                 FROM expired e
-                WHERE j.id = e.id
+                WHERE j.id = e.id AND j.id = ANY (ARRAY(SELECT id FROM expired))
                 RETURNING j.id, j.kind, j.payload, j.state, j.stage, j.attempts, j.fencing_token,
                           j.last_error
             ),
@@ -568,7 +572,7 @@ impl JobStore {
             SELECT * FROM jobs
             WHERE ($1::text IS NULL OR state = $1)
               AND ($2::text IS NULL OR kind = $2)
-              AND ($3::text IS NULL OR payload ->> 'bu_id' = $3)
+              AND ($3::text IS NULL OR (payload ? 'bu_id' AND payload ->> 'bu_id' = $3))
               AND ($4::int8 IS NULL OR id < $4)
             ORDER BY id DESC
             LIMIT $5
@@ -612,10 +616,13 @@ impl JobStore {
         let n: i64 = sqlx::query_scalar(
             r#"
             WITH old AS (
+                -- Oldest first by id: finished history sits at the start of the primary key,
+                -- so no index on finished_at is needed (it would cost every completion a write).
                 SELECT id FROM jobs
                 WHERE finished_at IS NOT NULL
                   AND ((state IN ('succeeded', 'cancelled') AND finished_at < $1)
                        OR (state = 'dead' AND finished_at < $2))
+                ORDER BY id
                 LIMIT $3
                 FOR UPDATE SKIP LOCKED
             ),

@@ -48,7 +48,7 @@ impl TestDb {
         let url = with_database(&server_url(), &name);
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .connect(&url)
+            .connect_with(etlq::db::connect_options(&url).unwrap())
             .await
             .expect("connect to test database");
         etlq::db::migrate(&pool).await.expect("migrate");
