@@ -61,6 +61,7 @@ async fn fresh_db(server: &str) -> (String, PgPool) {
 
 fn settings(url: &str, concurrency: usize, batch: usize) -> Settings {
     let mut s = Settings::defaults();
+    s.worker.fetchers = arg("--fetchers", s.worker.fetchers);
     s.database.url = url.into();
     s.worker.concurrency = concurrency;
     s.worker.fetch_batch = batch;
@@ -193,6 +194,7 @@ async fn main() {
     let (_m, stop, handle) = start_worker(&s, &pool, registry);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut lat = Vec::with_capacity(samples);
+    let mut enq = Vec::with_capacity(samples);
     for i in 0..samples {
         let t = Instant::now();
         let id = store
@@ -200,6 +202,7 @@ async fn main() {
             .await
             .unwrap()
             .job_id;
+        enq.push(t.elapsed().as_secs_f64() * 1000.0);
         let (got, started) = rx.recv().await.unwrap();
         assert_eq!(got, id);
         lat.push(started.duration_since(t).as_secs_f64() * 1000.0);
@@ -226,4 +229,9 @@ async fn main() {
         percentile(&lat, 0.99)
     );
     println!("| WAL per processed job | {:.0} B |", median(wal_per_job));
+    enq.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "(of the pickup latency, the enqueue call itself took p50 {:.2} ms)",
+        percentile(&enq, 0.5)
+    );
 }

@@ -46,6 +46,7 @@ pub struct ApiSettings {
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub fetch_batch: usize,
+    pub fetchers: usize,
     pub poll_interval_ms: u64,
     pub lease_ms: u64,
     pub drain_timeout_ms: u64,
@@ -117,6 +118,9 @@ impl Settings {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency must be at least 1");
+        }
+        if self.worker.fetchers == 0 {
+            return bad("worker.fetchers must be at least 1");
         }
         if self.worker.fetch_batch == 0 {
             return bad("worker.fetch_batch must be at least 1");

@@ -53,6 +53,7 @@ impl Held {
 pub struct WorkerConfig {
     pub concurrency: usize,
     pub fetch_batch: usize,
+    pub fetchers: usize,
     pub poll_interval: Duration,
     pub lease: Duration,
     pub heartbeat: Duration,
@@ -66,6 +67,7 @@ impl WorkerConfig {
         WorkerConfig {
             concurrency: s.worker.concurrency,
             fetch_batch: s.worker.fetch_batch,
+            fetchers: s.worker.fetchers,
             poll_interval: Duration::from_millis(s.worker.poll_interval_ms),
             lease: s.worker.lease(),
             heartbeat: Duration::from_millis(s.worker.heartbeat_ms),
@@ -167,7 +169,9 @@ impl Worker {
         );
         tasks
             .spawn(Cleaner::new(s.store.clone(), s.config.cleaner.clone()).run(background.clone()));
-        tasks.spawn(fetch(s.clone(), completer, background.clone()));
+        for _ in 0..s.config.fetchers {
+            tasks.spawn(fetch(s.clone(), completer.clone(), background.clone()));
+        }
 
         shutdown.cancelled().await;
         tracing::info!("stop requested: draining");
