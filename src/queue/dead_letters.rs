@@ -86,7 +86,7 @@ impl JobStore {
         cursor: Option<i64>,
         limit: i64,
     ) -> Result<Page<DeadLetter>, QueueError> {
-        let mut rows = sqlx::query_as::<_, DeadLetter>(
+        let rows = sqlx::query_as::<_, DeadLetter>(
             r#"
             SELECT id AS dead_letter_id, job_id, kind, bu_id, connector, failed_stage, attempts,
                    reason, dead_at, retried_at
@@ -110,16 +110,7 @@ impl JobStore {
         .bind(limit + 1)
         .fetch_all(self.pool())
         .await?;
-        let next_cursor = if rows.len() as i64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| r.dead_letter_id.to_string())
-        } else {
-            None
-        };
-        Ok(Page {
-            items: rows,
-            next_cursor,
-        })
+        Ok(Page::from_rows(rows, limit, |r| r.dead_letter_id))
     }
 
     /// Re-enqueues one dead job (by job id); an exhausted job gets one more attempt.

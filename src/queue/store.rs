@@ -37,6 +37,23 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// `rows` were fetched with `LIMIT limit + 1`: an extra row means there is a next page,
+    /// which starts after the last row kept.
+    pub(crate) fn from_rows(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Self {
+        let next_cursor = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| id(r).to_string())
+        } else {
+            None
+        };
+        Page {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -611,7 +628,7 @@ impl JobStore {
         cursor: Option<i64>,
         limit: i64,
     ) -> Result<Page<Job>, QueueError> {
-        let mut jobs = sqlx::query_as::<_, Job>(
+        let jobs = sqlx::query_as::<_, Job>(
             r#"
             SELECT * FROM jobs
             WHERE ($1::text IS NULL OR state = $1)
@@ -629,16 +646,7 @@ impl JobStore {
         .bind(limit + 1)
         .fetch_all(&self.pool)
         .await?;
-        let next_cursor = if jobs.len() as i64 > limit {
-            jobs.truncate(limit as usize);
-            jobs.last().map(|j| j.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page {
-            items: jobs,
-            next_cursor,
-        })
+        Ok(Page::from_rows(jobs, limit, |j| j.id))
     }
 
     /// Job counts per state (for `status` and metrics).

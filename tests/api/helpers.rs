@@ -189,6 +189,25 @@ impl Proc {
         assert!(ok, "kill -{sig} {}", self.pid());
     }
 
+    /// GET on the process's REST API; None while it does not answer.
+    pub async fn get_json(&self, path: &str) -> Option<Value> {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// Waits for the process's own lifecycle endpoint to satisfy `pred`.
+    pub async fn wait_lifecycle(&self, what: &str, pred: impl Fn(&Value) -> bool) {
+        wait_for(Duration::from_secs(30), what, || async {
+            let body = self.get_json("/v1/lifecycle").await?;
+            pred(&body).then_some(())
+        })
+        .await
+    }
+
     /// Waits for the process to exit; returns its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -298,6 +317,16 @@ pub async fn completed_stages(pool: &PgPool, job_id: i64) -> Vec<(String, String
     .unwrap()
 }
 
+/// Waits until `n` stages of job `id` have completed.
+pub async fn wait_stages_completed(pool: &PgPool, id: i64, n: usize) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{n} stage(s) of job {id} to complete"),
+        || async { (completed_stages(pool, id).await.len() >= n).then_some(()) },
+    )
+    .await
+}
+
 /// `(stage, worker_id)` of every recorded run of a `test` job's stages.
 pub async fn stage_runs(pool: &PgPool, job_id: i64) -> Vec<(String, String)> {
     sqlx::query_as("SELECT stage, worker_id FROM test_stage_runs WHERE job_id = $1 ORDER BY id")
@@ -305,4 +334,24 @@ pub async fn stage_runs(pool: &PgPool, job_id: i64) -> Vec<(String, String)> {
         .fetch_all(pool)
         .await
         .unwrap()
+}
+
+/// The `event` of each of a job's history rows, in order.
+pub async fn event_names(store: &JobStore, job_id: i64) -> Vec<String> {
+    store
+        .events(job_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect()
+}
+
+/// The stage of each recorded run of a `test` job, in order.
+pub async fn stage_names(pool: &PgPool, job_id: i64) -> Vec<String> {
+    stage_runs(pool, job_id)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
 }

@@ -87,22 +87,12 @@ async fn drain_lets_the_running_stage_finish_then_releases_the_job_at_its_checkp
         JobState::Queued,
         "not claimed while draining"
     );
-    let events: Vec<String> = store
-        .events(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event)
-        .collect();
+    let events: Vec<String> = event_names(&store, id).await;
     assert!(events.contains(&"released".to_string()), "{events:?}");
 
     app.post("/v1/lifecycle/resume", json!({})).await;
     require_state(&store, id, JobState::Succeeded, T).await;
-    let runs: Vec<String> = stage_runs(&app.db.pool, id)
-        .await
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
+    let runs: Vec<String> = stage_names(&app.db.pool, id).await;
     assert_eq!(runs, ["first", "second", "third"], "no stage ran twice");
     app.stop().await;
 }
@@ -151,13 +141,7 @@ async fn resume_during_preparing_for_stop_keeps_jobs_running() {
     let (_, body) = app.post("/v1/lifecycle/resume", json!({})).await;
     assert_eq!(body["mode"], "Normal");
     require_state(&store, id, JobState::Succeeded, T).await;
-    let events: Vec<String> = store
-        .events(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event)
-        .collect();
+    let events: Vec<String> = event_names(&store, id).await;
     assert!(!events.contains(&"released".to_string()), "{events:?}");
     assert_eq!(events.iter().filter(|e| *e == "claimed").count(), 1);
     assert_eq!(app.lifecycle().mode(), Mode::Normal);
@@ -196,16 +180,8 @@ async fn fleet_drain_through_postgres_reaches_every_process() {
         assert_eq!(w["in_flight"], 0);
     }
     // Each process's own lifecycle endpoint agrees.
-    let client = reqwest::Client::new();
     for p in [&p1, &p2] {
-        let body: serde_json::Value = client
-            .get(format!("{}/v1/lifecycle", p.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = p.get_json("/v1/lifecycle").await.unwrap();
         assert_eq!(body["mode"], "SafeToStop");
     }
     api.post("/v1/fleet/resume", json!({})).await;

@@ -31,12 +31,8 @@ async fn deploy_drains_v1_and_v2_resumes_each_job_at_its_checkpoint() {
         .unwrap()
         .job_id;
     // Wait until `first` is done and `second` is running in process 1.
-    wait_for(T, "first stage to complete", || async {
-        (completed_stages(&db.pool, id).await.len() == 1).then_some(())
-    })
-    .await;
-    let client = reqwest::Client::new();
-    let drained: serde_json::Value = client
+    wait_stages_completed(&db.pool, id, 1).await;
+    let drained: serde_json::Value = reqwest::Client::new()
         .post(format!("{}/v1/lifecycle/drain", p1.base))
         .send()
         .await
@@ -45,18 +41,8 @@ async fn deploy_drains_v1_and_v2_resumes_each_job_at_its_checkpoint() {
         .await
         .unwrap();
     assert_eq!(drained["mode"], "PreparingForStop");
-    wait_for(T, "process 1 SafeToStop", || async {
-        let body: serde_json::Value = client
-            .get(format!("{}/v1/lifecycle", p1.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (body["mode"] == "SafeToStop").then_some(())
-    })
-    .await;
+    p1.wait_lifecycle("process 1 SafeToStop", |b| b["mode"] == "SafeToStop")
+        .await;
     p1.signal("TERM");
     assert_eq!(p1.wait_exit(T).await, Some(0), "clean exit after drain");
     let mid = store.get(id).await.unwrap();
@@ -84,11 +70,7 @@ async fn deploy_drains_v1_and_v2_resumes_each_job_at_its_checkpoint() {
     assert!(done[..k].iter().all(|d| v1.contains(&d.1)));
     assert!(done[k..].iter().all(|d| v2.contains(&d.1)));
     // The recorded work agrees: no stage ran to completion twice.
-    let runs: Vec<String> = stage_runs(&db.pool, id)
-        .await
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
+    let runs: Vec<String> = stage_names(&db.pool, id).await;
     assert_eq!(runs, ["first", "second", "third"]);
     // And the timeline view shows which version ran each stage.
     let versions: Vec<(String, String)> = sqlx::query_as(
@@ -112,10 +94,7 @@ async fn kill_9_mid_stage_another_process_resumes_from_the_last_checkpoint() {
         .await
         .unwrap()
         .job_id;
-    wait_for(T, "first stage to complete", || async {
-        (completed_stages(&db.pool, id).await.len() == 1).then_some(())
-    })
-    .await;
+    wait_stages_completed(&db.pool, id, 1).await;
     p1.signal("KILL");
     p1.wait_exit(T).await;
     let p2 = spawn_process("worker", &process_env(&db.url, "v1"));
@@ -131,11 +110,7 @@ async fn kill_9_mid_stage_another_process_resumes_from_the_last_checkpoint() {
     let stages: Vec<&str> = done.iter().map(|d| d.0.as_str()).collect();
     assert_eq!(stages, ["first", "second", "third"]);
     assert_ne!(done[0].1, done[1].1, "second ran in the new process");
-    let runs: Vec<String> = stage_runs(&db.pool, id)
-        .await
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
+    let runs: Vec<String> = stage_names(&db.pool, id).await;
     assert_eq!(runs, ["first", "second", "third"], "first was not re-run");
     drop(p2);
 }
@@ -150,10 +125,7 @@ async fn a_frozen_worker_that_wakes_up_late_cannot_overwrite_the_job() {
         .await
         .unwrap()
         .job_id;
-    wait_for(T, "first stage to complete", || async {
-        (completed_stages(&db.pool, id).await.len() == 1).then_some(())
-    })
-    .await;
+    wait_stages_completed(&db.pool, id, 1).await;
     let p1_id = completed_stages(&db.pool, id).await[0].1.clone();
     p1.signal("STOP");
     let p2 = spawn_process("worker", &process_env(&db.url, "v1"));
@@ -183,18 +155,8 @@ async fn a_frozen_worker_that_wakes_up_late_cannot_overwrite_the_job() {
     })
     .await;
     assert!(metrics.contains("etlq_jobs_claimed_total 1"), "{metrics}");
-    wait_for(T, "the zombie to let go of the job", || async {
-        let body: serde_json::Value = client
-            .get(format!("{}/v1/lifecycle", p1.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (body["in_flight"] == 0).then_some(())
-    })
-    .await;
+    p1.wait_lifecycle("the zombie to let go of the job", |b| b["in_flight"] == 0)
+        .await;
     let after = store.get(id).await.unwrap();
     assert_eq!(after.state, JobState::Succeeded);
     assert_eq!(

@@ -196,13 +196,7 @@ async fn expired_lease_is_rescued_and_the_stale_holders_writes_are_rejected() {
     let stored = store.get(id).await.unwrap();
     assert_eq!(stored.checkpoint["first"]["by"], job2.fencing_token);
     assert_eq!(stored.lease_owner.as_deref(), Some("fresh"));
-    let events: Vec<String> = store
-        .events(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event)
-        .collect();
+    let events: Vec<String> = event_names(&store, id).await;
     assert_eq!(
         events,
         [
