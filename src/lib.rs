@@ -3,6 +3,7 @@
 pub mod api;
 pub mod configuration;
 pub mod db;
+pub mod etl;
 pub mod fleet;
 pub mod lifecycle;
 pub mod maintenance;

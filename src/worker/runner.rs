@@ -7,6 +7,7 @@ use futures_util::FutureExt;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{CancelReason, Completer, Held, Shared};
 use crate::lifecycle::Mode;
@@ -26,22 +27,31 @@ pub(crate) async fn run_job(s: Arc<Shared>, completer: Completer, job: ClaimedJo
             renewed_at: Instant::now(),
         },
     );
+    let _slot = Slot {
+        s: &s,
+        job_id: job.id,
+    };
     let span =
         tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempts);
     run_stages(&s, &completer, &job, &cancel, &reason)
-        .instrument_in(span)
+        .instrument(span)
         .await;
-    s.held.lock().unwrap().remove(&job.id);
-    s.lifecycle.release(1);
-    s.slot_freed.notify_one();
 }
 
-trait InstrumentIn: Sized {
-    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self>;
+/// Frees the job's slot however the runner ends, even by unwinding: a leaked slot would keep
+/// the process from ever reaching SafeToStop.
+struct Slot<'a> {
+    s: &'a Shared,
+    job_id: i64,
 }
-impl<F: std::future::Future> InstrumentIn for F {
-    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self> {
-        tracing::Instrument::instrument(self, span)
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.s.held.lock() {
+            held.remove(&self.job_id);
+        }
+        self.s.lifecycle.release(1);
+        self.s.slot_freed.notify_one();
     }
 }
 

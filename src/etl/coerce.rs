@@ -1,0 +1,466 @@
+//! Turns workbook cells into typed values the way finance exports need: exact decimals,
+//! locale-formatted numbers held as text (`1.234,56-`, `(1,234.56)`), Excel serial dates and
+//! dates held as text (`31.12.2025`).
+
+use std::str::FromStr;
+
+use chrono::{Duration, NaiveDate, NaiveDateTime};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// A cell as the reader saw it (mapped from calamine's `Data`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Empty,
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Bool(bool),
+    /// An Excel date/time serial (1900 date system), from a cell formatted as a date.
+    Serial(f64),
+    /// An ISO 8601 date or date-time (ods).
+    Iso(String),
+    /// A cell error such as `#N/A`.
+    Error(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    String,
+    Integer,
+    Decimal,
+    Date,
+    Datetime,
+    Bool,
+}
+
+/// How numbers and dates held as text are written in an export.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Locale {
+    pub decimal_separator: char,
+    /// `None` accepts no grouping characters at all.
+    pub thousands_separator: Option<char>,
+    /// chrono formats tried in order for dates held as text; ISO `%Y-%m-%d` is always tried last.
+    pub date_formats: Vec<String>,
+}
+
+impl Default for Locale {
+    fn default() -> Self {
+        Locale {
+            decimal_separator: '.',
+            thousands_separator: Some(','),
+            date_formats: Vec::new(),
+        }
+    }
+}
+
+/// A typed value, serialised into the records artifact.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    Null,
+    String(String),
+    Integer(i64),
+    /// Serialised as a string so no JSON reader turns it into a float.
+    Decimal(#[serde(with = "rust_decimal::serde::str")] Decimal),
+    Date(NaiveDate),
+    DateTime(NaiveDateTime),
+    Bool(bool),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CoerceError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, CoerceError> {
+    Err(CoerceError(msg.into()))
+}
+
+/// Coerces one cell to `ty`. Empty cells (and whitespace-only text) become `Value::Null`;
+/// whether that is allowed is the caller's (the column's `required` flag).
+pub fn coerce(cell: &Cell, ty: ColumnType, locale: &Locale) -> Result<Value, CoerceError> {
+    if let Cell::Text(t) = cell
+        && t.trim().is_empty()
+    {
+        return Ok(Value::Null);
+    }
+    match (cell, ty) {
+        (Cell::Empty, _) => Ok(Value::Null),
+        (Cell::Error(e), _) => err(format!("cell error {e}")),
+        (_, ColumnType::String) => Ok(Value::String(as_text(cell))),
+        (_, ColumnType::Decimal) => decimal(cell, locale).map(Value::Decimal),
+        (_, ColumnType::Integer) => {
+            let d = decimal(cell, locale)?;
+            if d.fract() != Decimal::ZERO {
+                return err(format!("{} is not a whole number", d.normalize()));
+            }
+            i64::try_from(d)
+                .map(Value::Integer)
+                .or_else(|_| err(format!("{d} is out of range for an integer")))
+        }
+        (_, ColumnType::Date) => date_time(cell, locale).map(|dt| Value::Date(dt.date())),
+        (_, ColumnType::Datetime) => date_time(cell, locale).map(Value::DateTime),
+        (_, ColumnType::Bool) => boolean(cell).map(Value::Bool),
+    }
+}
+
+/// Text form of a cell, numbers without a spurious `.0` (account numbers are often numeric).
+pub fn as_text(cell: &Cell) -> String {
+    match cell {
+        Cell::Empty => String::new(),
+        Cell::Int(i) => i.to_string(),
+        Cell::Float(f) | Cell::Serial(f) => float_text(*f),
+        Cell::Text(t) => t.trim().to_string(),
+        Cell::Bool(b) => b.to_string(),
+        Cell::Iso(s) | Cell::Error(s) => s.clone(),
+    }
+}
+
+/// The shortest text that round-trips the float: 1234.56 → "1234.56", 400000.0 → "400000".
+fn float_text(f: f64) -> String {
+    let s = format!("{f}");
+    s.strip_suffix(".0").map(str::to_owned).unwrap_or(s)
+}
+
+fn decimal(cell: &Cell, locale: &Locale) -> Result<Decimal, CoerceError> {
+    match cell {
+        Cell::Int(i) => Ok(Decimal::from(*i)),
+        // The shortest round-trip text is what Excel displays; parsing it gives the exact
+        // decimal the user typed (1234.56, not 1234.5599999999999).
+        Cell::Float(f) if f.is_finite() => Decimal::from_str(&format!("{f}"))
+            .or_else(|_| Decimal::from_scientific(&format!("{f:e}")))
+            .or_else(|_| err(format!("{f} cannot be represented exactly"))),
+        Cell::Text(t) => parse_number_text(t, locale),
+        Cell::Bool(_) | Cell::Serial(_) | Cell::Iso(_) | Cell::Float(_) => {
+            err(format!("expected a number, found {}", describe(cell)))
+        }
+        Cell::Empty | Cell::Error(_) => err("no number"),
+    }
+}
+
+/// Parses numbers held as text: `1,234.56`, `1.234,56`, `1.234,56-` (trailing minus),
+/// `(1,234.56)` (accounting negative), `-5`, `+5`, `1 234,56` (space grouping).
+pub fn parse_number_text(raw: &str, locale: &Locale) -> Result<Decimal, CoerceError> {
+    let bad = || err(format!("not a number: {raw:?}"));
+    let mut s: String = raw
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, '\u{a0}' | '\u{202f}'))
+        .collect();
+    let mut negative = false;
+    if s.starts_with('(') && s.ends_with(')') && s.len() > 2 {
+        negative = true;
+        s = s[1..s.len() - 1].trim().to_string();
+    }
+    if let Some(rest) = s.strip_suffix('-') {
+        negative = !negative;
+        s = rest.trim_end().to_string();
+    } else if let Some(rest) = s.strip_prefix('-') {
+        negative = !negative;
+        s = rest.trim_start().to_string();
+    } else if let Some(rest) = s.strip_prefix('+') {
+        s = rest.trim_start().to_string();
+    }
+    if s.is_empty() {
+        return bad();
+    }
+    let dec = locale.decimal_separator;
+    let mut int_part = String::new();
+    let mut frac_part: Option<String> = None;
+    let mut last_group = 0usize;
+    let mut grouped = false;
+    for c in s.chars() {
+        if c == dec {
+            if frac_part.is_some() {
+                return bad();
+            }
+            frac_part = Some(String::new());
+        } else if c.is_ascii_digit() {
+            match &mut frac_part {
+                Some(f) => f.push(c),
+                None => {
+                    int_part.push(c);
+                    last_group += 1;
+                }
+            }
+        } else if frac_part.is_none()
+            && (Some(c) == locale.thousands_separator
+                || (c == ' ' && locale.thousands_separator.is_some()))
+        {
+            // Groups after the first must have exactly three digits.
+            if int_part.is_empty() || (grouped && last_group != 3) || (!grouped && last_group > 3) {
+                return bad();
+            }
+            grouped = true;
+            last_group = 0;
+        } else {
+            return bad();
+        }
+    }
+    if (grouped && last_group != 3)
+        || (int_part.is_empty() && frac_part.as_deref().is_none_or(str::is_empty))
+    {
+        return bad();
+    }
+    let text = match frac_part {
+        Some(f) if !f.is_empty() => {
+            format!("{}.{f}", if int_part.is_empty() { "0" } else { &int_part })
+        }
+        Some(_) => return bad(),
+        None => int_part,
+    };
+    let d = Decimal::from_str_exact(&text).or_else(|_| bad())?;
+    Ok(if negative { -d } else { d })
+}
+
+fn excel_serial(serial: f64) -> Result<NaiveDateTime, CoerceError> {
+    // 1900 date system. Excel counts 1900-02-29 (serial 60), which never existed: serials
+    // above it are one day ahead of a plain count from 1899-12-31.
+    if !(1.0..2_958_466.0).contains(&serial) {
+        return err(format!("{serial} is not an Excel date"));
+    }
+    if (60.0..61.0).contains(&serial) {
+        return err("Excel serial 60 is 1900-02-29, which does not exist");
+    }
+    let base = if serial < 60.0 {
+        NaiveDate::from_ymd_opt(1899, 12, 31)
+    } else {
+        NaiveDate::from_ymd_opt(1899, 12, 30)
+    }
+    .expect("valid base date")
+    .and_hms_opt(0, 0, 0)
+    .expect("midnight");
+    let days = serial.trunc() as i64;
+    let ms = ((serial - serial.trunc()) * 86_400_000.0).round() as i64;
+    Ok(base + Duration::days(days) + Duration::milliseconds(ms))
+}
+
+fn date_time(cell: &Cell, locale: &Locale) -> Result<NaiveDateTime, CoerceError> {
+    match cell {
+        Cell::Serial(f) | Cell::Float(f) => excel_serial(*f),
+        Cell::Int(i) => excel_serial(*i as f64),
+        Cell::Iso(s) | Cell::Text(s) => {
+            let s = s.trim();
+            let fmts = locale
+                .date_formats
+                .iter()
+                .map(String::as_str)
+                .chain(["%Y-%m-%d"]);
+            for fmt in fmts {
+                if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
+                    return Ok(dt);
+                }
+                if let Ok(d) = NaiveDate::parse_from_str(s, fmt) {
+                    return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
+                }
+            }
+            for fmt in [
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M:%S",
+                "%Y-%m-%d %H:%M:%S",
+            ] {
+                if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
+                    return Ok(dt);
+                }
+            }
+            err(format!("not a date: {s:?}"))
+        }
+        _ => err(format!("expected a date, found {}", describe(cell))),
+    }
+}
+
+fn boolean(cell: &Cell) -> Result<bool, CoerceError> {
+    match cell {
+        Cell::Bool(b) => Ok(*b),
+        Cell::Int(0) => Ok(false),
+        Cell::Int(1) => Ok(true),
+        Cell::Float(f) if *f == 0.0 => Ok(false),
+        Cell::Float(f) if *f == 1.0 => Ok(true),
+        Cell::Text(t) => match t.trim().to_lowercase().as_str() {
+            "true" | "yes" | "y" | "x" | "1" | "ja" | "j" | "wahr" => Ok(true),
+            "false" | "no" | "n" | "0" | "nein" | "falsch" => Ok(false),
+            other => err(format!("not a boolean: {other:?}")),
+        },
+        _ => err(format!("expected a boolean, found {}", describe(cell))),
+    }
+}
+
+fn describe(cell: &Cell) -> String {
+    match cell {
+        Cell::Empty => "an empty cell".into(),
+        Cell::Int(i) => format!("the number {i}"),
+        Cell::Float(f) => format!("the number {f}"),
+        Cell::Text(t) => format!("the text {t:?}"),
+        Cell::Bool(b) => format!("the boolean {b}"),
+        Cell::Serial(f) => format!("a date (serial {f})"),
+        Cell::Iso(s) => format!("the date {s}"),
+        Cell::Error(e) => format!("the error {e}"),
+    }
+}
+
+/// Header text as compared with a connector's column names: case- and whitespace-insensitive.
+pub fn normalize_header(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn de() -> Locale {
+        Locale {
+            decimal_separator: ',',
+            thousands_separator: Some('.'),
+            date_formats: vec!["%d.%m.%Y".into()],
+        }
+    }
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str_exact(s).unwrap()
+    }
+
+    #[test]
+    fn numbers_held_as_text_in_both_locales() {
+        let en = Locale::default();
+        assert_eq!(parse_number_text("1,234.56", &en).unwrap(), d("1234.56"));
+        assert_eq!(parse_number_text("(1,234.56)", &en).unwrap(), d("-1234.56"));
+        assert_eq!(parse_number_text("-0.5", &en).unwrap(), d("-0.5"));
+        assert_eq!(parse_number_text("+7", &en).unwrap(), d("7"));
+        assert_eq!(parse_number_text(".5", &en).unwrap(), d("0.5"));
+        assert_eq!(
+            parse_number_text("1.234,56-", &de()).unwrap(),
+            d("-1234.56")
+        );
+        assert_eq!(
+            parse_number_text("1.234.567,00", &de()).unwrap(),
+            d("1234567.00")
+        );
+        assert_eq!(parse_number_text("1 234,56", &de()).unwrap(), d("1234.56"));
+        assert_eq!(parse_number_text("\u{a0}12,5 ", &de()).unwrap(), d("12.5"));
+        for bad in [
+            "",
+            "-",
+            "1,23.4",
+            "12,34,567.1",
+            "1.2.3",
+            "abc",
+            "1,234.56.7",
+            "()",
+            "1e5",
+            "12,",
+        ] {
+            assert!(
+                parse_number_text(bad, &en).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+        assert!(
+            parse_number_text("1,234.56", &de()).is_err(),
+            "en format in a de export"
+        );
+    }
+
+    #[test]
+    fn floats_become_the_exact_decimal_excel_shows() {
+        let en = Locale::default();
+        let v = coerce(&Cell::Float(1234.56), ColumnType::Decimal, &en).unwrap();
+        assert_eq!(v, Value::Decimal(d("1234.56")));
+        let v = coerce(&Cell::Float(0.1 + 0.2), ColumnType::Decimal, &en).unwrap();
+        assert_eq!(
+            v,
+            Value::Decimal(d("0.30000000000000004")),
+            "no silent rounding either"
+        );
+        assert_eq!(
+            coerce(&Cell::Float(400000.0), ColumnType::String, &en).unwrap(),
+            Value::String("400000".into())
+        );
+        assert_eq!(
+            coerce(&Cell::Float(42.0), ColumnType::Integer, &en).unwrap(),
+            Value::Integer(42)
+        );
+        assert!(coerce(&Cell::Float(42.5), ColumnType::Integer, &en).is_err());
+        let json = serde_json::to_string(&Value::Decimal(d("-1234.50"))).unwrap();
+        assert_eq!(json, "\"-1234.50\"");
+    }
+
+    #[test]
+    fn excel_serials_and_text_dates() {
+        let date = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let en = Locale::default();
+        assert_eq!(
+            coerce(&Cell::Serial(45657.0), ColumnType::Date, &en).unwrap(),
+            Value::Date(date(2024, 12, 31))
+        );
+        assert_eq!(
+            coerce(&Cell::Serial(1.0), ColumnType::Date, &en).unwrap(),
+            Value::Date(date(1900, 1, 1))
+        );
+        assert_eq!(
+            coerce(&Cell::Serial(61.0), ColumnType::Date, &en).unwrap(),
+            Value::Date(date(1900, 3, 1))
+        );
+        assert!(coerce(&Cell::Serial(60.0), ColumnType::Date, &en).is_err());
+        let noon = date(2024, 12, 31).and_hms_opt(12, 0, 0).unwrap();
+        assert_eq!(
+            coerce(&Cell::Serial(45657.5), ColumnType::Datetime, &en).unwrap(),
+            Value::DateTime(noon)
+        );
+        assert_eq!(
+            coerce(&Cell::Text("31.12.2025".into()), ColumnType::Date, &de()).unwrap(),
+            Value::Date(date(2025, 12, 31))
+        );
+        assert_eq!(
+            coerce(&Cell::Text("2025-12-31".into()), ColumnType::Date, &de()).unwrap(),
+            Value::Date(date(2025, 12, 31))
+        );
+        assert!(coerce(&Cell::Text("31.02.2025".into()), ColumnType::Date, &de()).is_err());
+        assert!(coerce(&Cell::Text("tomorrow".into()), ColumnType::Date, &de()).is_err());
+        assert_eq!(
+            coerce(
+                &Cell::Iso("2025-01-02T03:04:05".into()),
+                ColumnType::Datetime,
+                &en
+            )
+            .unwrap(),
+            Value::DateTime(date(2025, 1, 2).and_hms_opt(3, 4, 5).unwrap())
+        );
+    }
+
+    #[test]
+    fn blanks_errors_and_booleans() {
+        let en = Locale::default();
+        assert_eq!(
+            coerce(&Cell::Empty, ColumnType::Decimal, &en).unwrap(),
+            Value::Null
+        );
+        assert_eq!(
+            coerce(&Cell::Text("   ".into()), ColumnType::Date, &en).unwrap(),
+            Value::Null
+        );
+        let e = coerce(&Cell::Error("#N/A".into()), ColumnType::Decimal, &en).unwrap_err();
+        assert!(e.0.contains("#N/A"));
+        assert_eq!(
+            coerce(&Cell::Text("X".into()), ColumnType::Bool, &en).unwrap(),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            coerce(&Cell::Int(0), ColumnType::Bool, &en).unwrap(),
+            Value::Bool(false)
+        );
+        assert!(coerce(&Cell::Text("maybe".into()), ColumnType::Bool, &en).is_err());
+        let e = coerce(&Cell::Bool(true), ColumnType::Decimal, &en).unwrap_err();
+        assert!(e.0.contains("boolean"), "{}", e.0);
+    }
+
+    #[test]
+    fn headers_match_case_and_whitespace_insensitively() {
+        assert_eq!(normalize_header("  Posting \n Date "), "posting date");
+        assert_eq!(normalize_header("AMOUNT"), normalize_header("amount"));
+    }
+}

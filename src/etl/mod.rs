@@ -1,0 +1,4 @@
+//! The ETL pipeline's building blocks (issue 3, in progress): cell coercion for ERP exports.
+//! Connectors, the extract/sync/verify/promote stages and uploads build on this.
+
+pub mod coerce;
