@@ -2,3 +2,4 @@
 //! Connectors, the extract/sync/verify/promote stages and uploads build on this.
 
 pub mod coerce;
+pub mod connector;

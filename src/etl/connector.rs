@@ -1,0 +1,373 @@
+//! Connectors: named mappings of an ERP export layout (sheet, header row, typed columns, row
+//! filters, locale), and the grid logic that applies one: header detection and row mapping.
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use super::coerce::{Cell, ColumnType, Locale, Value, as_text, coerce, normalize_header};
+
+/// Which sheet to read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SheetRef {
+    /// 0-based position in the workbook.
+    Index(usize),
+    Name(String),
+}
+
+/// Where the header row is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderRef {
+    /// 1-based row number, as Excel shows it.
+    Row(usize),
+    /// `"auto"`: the first row holding every required header within `header_search_rows`.
+    Auto(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ColumnSpec {
+    /// Field name in the output records.
+    pub name: String,
+    /// Header text to match (case- and whitespace-insensitive).
+    pub header: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    #[serde(default)]
+    pub required: bool,
+    /// Key columns make the document id (with bu_id and connector).
+    #[serde(default)]
+    pub key: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectorSpec {
+    pub sheet: SheetRef,
+    pub header: HeaderRef,
+    #[serde(default = "default_search_rows")]
+    pub header_search_rows: usize,
+    pub columns: Vec<ColumnSpec>,
+    #[serde(default = "yes")]
+    pub skip_blank_rows: bool,
+    /// Rows whose key column's text matches one of these regexes are skipped (subtotals).
+    #[serde(default)]
+    pub skip_key_patterns: Vec<String>,
+    #[serde(default)]
+    pub locale: Locale,
+    /// Largest share of data rows that may be rejected before the file fails (0.0–1.0).
+    #[serde(default = "default_reject_ratio")]
+    pub max_rejected_ratio: f64,
+}
+
+fn default_search_rows() -> usize {
+    20
+}
+fn yes() -> bool {
+    true
+}
+fn default_reject_ratio() -> f64 {
+    0.05
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConnectorError {
+    #[error("connector {0}: {1}")]
+    Invalid(String, String),
+    /// The file does not have this connector's layout (non-retryable).
+    #[error("{0}")]
+    Layout(String),
+}
+
+/// A connector checked and ready to apply.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub name: String,
+    pub spec: ConnectorSpec,
+    skip: Vec<Regex>,
+}
+
+impl Connector {
+    pub fn new(name: &str, spec: ConnectorSpec) -> Result<Self, ConnectorError> {
+        let invalid = |m: String| ConnectorError::Invalid(name.to_string(), m);
+        if spec.columns.is_empty() {
+            return Err(invalid("has no columns".into()));
+        }
+        if !spec.columns.iter().any(|c| c.key) {
+            return Err(invalid("needs at least one key column".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &spec.columns {
+            if !seen.insert(normalize_header(&c.header)) {
+                return Err(invalid(format!("header {:?} is mapped twice", c.header)));
+            }
+        }
+        if let HeaderRef::Auto(s) = &spec.header
+            && s != "auto"
+        {
+            return Err(invalid(format!(
+                "header must be a row number or \"auto\", not {s:?}"
+            )));
+        }
+        if !(0.0..=1.0).contains(&spec.max_rejected_ratio) {
+            return Err(invalid("max_rejected_ratio must be between 0 and 1".into()));
+        }
+        let skip = spec
+            .skip_key_patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| invalid(format!("pattern {p:?}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Connector {
+            name: name.to_string(),
+            spec,
+            skip,
+        })
+    }
+
+    /// Finds the header row in `rows` (the sheet's first rows, 0-based) and maps each column
+    /// spec to a column index.
+    pub fn locate_header(&self, sheet: &str, rows: &[Vec<Cell>]) -> Result<Header, ConnectorError> {
+        let wanted: Vec<(usize, String)> = self
+            .spec
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, normalize_header(&c.header)))
+            .collect();
+        let match_row = |row: &[Cell]| -> Vec<Option<usize>> {
+            let texts: Vec<String> = row.iter().map(|c| normalize_header(&as_text(c))).collect();
+            wanted
+                .iter()
+                .map(|(_, w)| texts.iter().position(|t| t == w))
+                .collect()
+        };
+        let missing_of = |found: &[Option<usize>]| -> Vec<String> {
+            self.spec
+                .columns
+                .iter()
+                .zip(found)
+                .filter(|(c, f)| c.required && f.is_none())
+                .map(|(c, _)| format!("{:?}", c.header))
+                .collect()
+        };
+        let candidates: Vec<usize> = match self.spec.header {
+            HeaderRef::Row(n) if n >= 1 => vec![n - 1],
+            HeaderRef::Row(_) => vec![0],
+            HeaderRef::Auto(_) => (0..self.spec.header_search_rows.min(rows.len())).collect(),
+        };
+        let mut best: Option<(usize, Vec<Option<usize>>)> = None;
+        for r in candidates {
+            let Some(row) = rows.get(r) else { continue };
+            let found = match_row(row);
+            if missing_of(&found).is_empty() {
+                return Ok(Header {
+                    row: r,
+                    columns: found,
+                });
+            }
+            let hits = found.iter().flatten().count();
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| hits > b.iter().flatten().count())
+            {
+                best = Some((r, found));
+            }
+        }
+        let missing = best
+            .map(|(_, f)| missing_of(&f))
+            .unwrap_or_else(|| missing_of(&vec![None; wanted.len()]));
+        let scope = match self.spec.header {
+            HeaderRef::Row(n) => format!("row {n}"),
+            HeaderRef::Auto(_) => format!("the first {} rows", self.spec.header_search_rows),
+        };
+        Err(ConnectorError::Layout(format!(
+            "header row not found in sheet {sheet:?}: missing {} in {scope}",
+            missing.join(", ")
+        )))
+    }
+
+    /// Maps one data row (0-based `row_index` in the sheet).
+    pub fn map_row(&self, header: &Header, row: &[Cell]) -> RowOutcome {
+        let cell = |i: Option<usize>| i.and_then(|i| row.get(i)).unwrap_or(&Cell::Empty);
+        let blank = header
+            .columns
+            .iter()
+            .all(|i| matches!(cell(*i), Cell::Empty) || as_text(cell(*i)).is_empty());
+        if blank {
+            return if self.spec.skip_blank_rows {
+                RowOutcome::Skipped
+            } else {
+                RowOutcome::Rejected(vec![Rejection {
+                    column: String::new(),
+                    value: String::new(),
+                    reason: "blank row".into(),
+                }])
+            };
+        }
+        for (spec, idx) in self.spec.columns.iter().zip(&header.columns) {
+            if spec.key && self.skip.iter().any(|re| re.is_match(&as_text(cell(*idx)))) {
+                return RowOutcome::Skipped;
+            }
+        }
+        let mut record = BTreeMap::new();
+        let mut rejections = Vec::new();
+        for (spec, idx) in self.spec.columns.iter().zip(&header.columns) {
+            let c = cell(*idx);
+            match coerce(c, spec.ty, &self.spec.locale) {
+                Ok(Value::Null) if spec.required => rejections.push(Rejection {
+                    column: spec.header.clone(),
+                    value: String::new(),
+                    reason: "required value missing".into(),
+                }),
+                Ok(v) => {
+                    record.insert(spec.name.clone(), v);
+                }
+                Err(e) => rejections.push(Rejection {
+                    column: spec.header.clone(),
+                    value: as_text(c),
+                    reason: e.0,
+                }),
+            }
+        }
+        if rejections.is_empty() {
+            RowOutcome::Record(record)
+        } else {
+            RowOutcome::Rejected(rejections)
+        }
+    }
+
+    /// The key columns' values, in spec order (for deterministic document ids).
+    pub fn key_of<'a>(&self, record: &'a BTreeMap<String, Value>) -> Vec<&'a Value> {
+        self.spec
+            .columns
+            .iter()
+            .filter(|c| c.key)
+            .map(|c| record.get(&c.name).unwrap_or(&Value::Null))
+            .collect()
+    }
+}
+
+/// The located header: its 0-based row and, per column spec, the 0-based column (None for an
+/// optional column absent from this file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Header {
+    pub row: usize,
+    pub columns: Vec<Option<usize>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome {
+    Record(BTreeMap<String, Value>),
+    Skipped,
+    Rejected(Vec<Rejection>),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Rejection {
+    pub column: String,
+    pub value: String,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal::Decimal;
+
+    fn gl() -> Connector {
+        let spec: ConnectorSpec = toml::from_str(
+            r#"
+            sheet = "GL"
+            header = "auto"
+            skip_key_patterns = ['^\*']
+            locale = { decimal_separator = ",", thousands_separator = ".", date_formats = ["%d.%m.%Y"] }
+            columns = [
+              { name = "doc", header = "Document Number", type = "string", required = true, key = true },
+              { name = "date", header = "Posting Date", type = "date", required = true },
+              { name = "amount", header = "Amount", type = "decimal", required = true },
+              { name = "text", header = "Text", type = "string" },
+            ]
+            "#,
+        )
+        .unwrap();
+        Connector::new("sap_fbl3n", spec).unwrap()
+    }
+
+    fn t(s: &str) -> Cell {
+        Cell::Text(s.into())
+    }
+
+    #[test]
+    fn finds_the_header_below_title_rows_and_maps_columns_by_text() {
+        let rows = vec![
+            vec![t("G/L Account Line Items")],
+            vec![],
+            vec![t("Amount"), t(" posting  DATE "), t("Document Number")],
+        ];
+        let h = gl().locate_header("GL", &rows).unwrap();
+        assert_eq!(h.row, 2);
+        assert_eq!(h.columns, vec![Some(2), Some(1), Some(0), None]);
+    }
+
+    #[test]
+    fn a_missing_header_names_what_is_missing_and_where() {
+        let rows = vec![vec![t("Document Number"), t("Text")]];
+        let e = gl().locate_header("GL", &rows).unwrap_err();
+        assert_eq!(
+            e,
+            ConnectorError::Layout(
+                "header row not found in sheet \"GL\": missing \"Posting Date\", \"Amount\" in the first 20 rows".into()
+            )
+        );
+    }
+
+    #[test]
+    fn rows_become_records_are_skipped_or_rejected_with_reasons() {
+        let c = gl();
+        let h = Header {
+            row: 0,
+            columns: vec![Some(0), Some(1), Some(2), Some(3)],
+        };
+        match c.map_row(
+            &h,
+            &[t("100001"), t("31.12.2025"), t("1.234,56-"), t("rent")],
+        ) {
+            RowOutcome::Record(r) => {
+                assert_eq!(r["amount"], Value::Decimal(Decimal::new(-123456, 2)));
+                assert_eq!(c.key_of(&r), vec![&Value::String("100001".into())]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            c.map_row(&h, &[t("** Total"), Cell::Empty, t("99,00")]),
+            RowOutcome::Skipped
+        );
+        assert_eq!(c.map_row(&h, &[Cell::Empty, t("  ")]), RowOutcome::Skipped);
+        match c.map_row(&h, &[t("100002"), t("31.02.2025"), Cell::Empty]) {
+            RowOutcome::Rejected(r) => {
+                assert_eq!(r.len(), 2);
+                assert_eq!(
+                    (r[0].column.as_str(), r[0].value.as_str()),
+                    ("Posting Date", "31.02.2025")
+                );
+                assert_eq!(r[1].reason, "required value missing");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_connectors_are_refused_with_their_name() {
+        let mut spec = gl().spec;
+        spec.skip_key_patterns = vec!["(".into()];
+        let e = Connector::new("broken", spec).unwrap_err();
+        assert!(
+            e.to_string().starts_with("connector broken: pattern"),
+            "{e}"
+        );
+        let mut spec = gl().spec;
+        spec.columns.iter_mut().for_each(|c| c.key = false);
+        assert!(Connector::new("nokey", spec).is_err());
+    }
+}
