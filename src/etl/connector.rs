@@ -270,28 +270,33 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// A SAP FBL3N-like G/L line-item layout, shared by the tests of this module and `extract`.
+#[cfg(test)]
+pub(crate) fn sap_gl_spec() -> ConnectorSpec {
+    toml::from_str(
+        r#"
+        sheet = "GL"
+        header = "auto"
+        skip_key_patterns = ['^\*']
+        locale = { decimal_separator = ",", thousands_separator = ".", date_formats = ["%d.%m.%Y"] }
+        columns = [
+          { name = "document", header = "Document Number", type = "string", required = true, key = true },
+          { name = "posting_date", header = "Posting Date", type = "date", required = true },
+          { name = "amount", header = "Amount in LC", type = "decimal", required = true },
+          { name = "text", header = "Text", type = "string" },
+        ]
+        "#,
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rust_decimal::Decimal;
 
     fn gl() -> Connector {
-        let spec: ConnectorSpec = toml::from_str(
-            r#"
-            sheet = "GL"
-            header = "auto"
-            skip_key_patterns = ['^\*']
-            locale = { decimal_separator = ",", thousands_separator = ".", date_formats = ["%d.%m.%Y"] }
-            columns = [
-              { name = "doc", header = "Document Number", type = "string", required = true, key = true },
-              { name = "date", header = "Posting Date", type = "date", required = true },
-              { name = "amount", header = "Amount", type = "decimal", required = true },
-              { name = "text", header = "Text", type = "string" },
-            ]
-            "#,
-        )
-        .unwrap();
-        Connector::new("sap_fbl3n", spec).unwrap()
+        Connector::new("sap_fbl3n", sap_gl_spec()).unwrap()
     }
 
     fn t(s: &str) -> Cell {
@@ -303,7 +308,11 @@ mod tests {
         let rows = vec![
             vec![t("G/L Account Line Items")],
             vec![],
-            vec![t("Amount"), t(" posting  DATE "), t("Document Number")],
+            vec![
+                t("Amount in  LC"),
+                t(" posting  DATE "),
+                t("Document Number"),
+            ],
         ];
         let h = gl().locate_header("GL", &rows).unwrap();
         assert_eq!(h.row, 2);
@@ -317,7 +326,7 @@ mod tests {
         assert_eq!(
             e,
             ConnectorError::Layout(
-                "header row not found in sheet \"GL\": missing \"Posting Date\", \"Amount\" in the first 20 rows".into()
+                "header row not found in sheet \"GL\": missing \"Posting Date\", \"Amount in LC\" in the first 20 rows".into()
             )
         );
     }

@@ -3,3 +3,5 @@
 
 pub mod coerce;
 pub mod connector;
+pub mod extract;
+pub mod workbook;

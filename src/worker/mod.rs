@@ -85,7 +85,9 @@ pub(crate) struct Shared {
     pub(crate) actor: Actor,
     info: WorkerInfo,
     pub(crate) store: JobStore,
-    pool: PgPool,
+    /// Lease renewals and worker heartbeats use connections of their own, so a pool busy with
+    /// claims and completions cannot delay them past the lease (a test caught exactly that).
+    control: JobStore,
     pub(crate) registry: Arc<Registry>,
     pub(crate) lifecycle: Lifecycle,
     pub(crate) metrics: Arc<Metrics>,
@@ -112,6 +114,10 @@ impl Worker {
     ) -> Self {
         let config = WorkerConfig::from_settings(settings);
         let kinds = registry.names().map(str::to_owned).collect();
+        let control_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(config.lease / 3)
+            .connect_lazy_with((*pool.connect_options()).clone());
         Worker {
             shared: Arc::new(Shared {
                 actor: Actor {
@@ -119,8 +125,8 @@ impl Worker {
                     version: info.version.clone(),
                 },
                 info,
-                store: JobStore::new(pool.clone(), settings.retry.default_max_attempts),
-                pool,
+                store: JobStore::new(pool, settings.retry.default_max_attempts),
+                control: JobStore::new(control_pool, settings.retry.default_max_attempts),
                 registry,
                 lifecycle,
                 metrics,
@@ -179,7 +185,9 @@ impl Worker {
         s.lifecycle.safe_to_stop().await;
         background.cancel();
         while tasks.join_next().await.is_some() {}
-        if let Err(e) = fleet::mark_stopped(&s.pool, &s.actor.id, s.lifecycle.status()).await {
+        if let Err(e) =
+            fleet::mark_stopped(s.control.pool(), &s.actor.id, s.lifecycle.status()).await
+        {
             tracing::warn!(error = %e, "could not record the worker as stopped");
         }
         tracing::info!(worker_id = %s.actor.id, "worker stopped");
@@ -258,7 +266,7 @@ async fn fetch(s: Arc<Shared>, completer: Completer, stop: CancellationToken) {
 async fn listen(s: Arc<Shared>, stop: CancellationToken) {
     let mut listener = loop {
         let attempt = async {
-            let mut l = PgListener::connect_with(&s.pool).await?;
+            let mut l = PgListener::connect_with(s.store.pool()).await?;
             l.listen_all([JOBS_CHANNEL, CANCEL_CHANNEL, CONTROL_CHANNEL])
                 .await?;
             Ok::<_, sqlx::Error>(l)
@@ -373,7 +381,7 @@ async fn fleet_heartbeat(s: Arc<Shared>, stop: CancellationToken) {
     let mut status = s.lifecycle.subscribe();
     let mut applied_seq: Option<i64> = None;
     loop {
-        match fleet::heartbeat(&s.pool, &s.info, s.lifecycle.status()).await {
+        match fleet::heartbeat(s.control.pool(), &s.info, s.lifecycle.status()).await {
             Ok(cmd) => {
                 let seq = cmd.map(|c| c.1).unwrap_or(0);
                 match (applied_seq, cmd) {

@@ -1,0 +1,196 @@
+//! Applies a connector to a sheet: records, rejected rows (sheet, row, column, value, reason),
+//! and the counts the extract report carries.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::coerce::Value;
+use super::connector::{Connector, ConnectorError, RowOutcome};
+use super::workbook::Grid;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedRow {
+    pub sheet: String,
+    /// 1-based, as Excel shows it.
+    pub row: usize,
+    pub column: String,
+    pub value: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub sheet: String,
+    /// 1-based header row.
+    pub header_row: usize,
+    pub data_rows: usize,
+    pub records: usize,
+    pub skipped_rows: usize,
+    pub rejected_rows: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Extracted {
+    pub records: Vec<BTreeMap<String, Value>>,
+    pub rejected: Vec<RejectedRow>,
+    pub report: Report,
+}
+
+/// Extracts every data row below the header. Fails (a layout error: the job must not be
+/// retried) when the header is missing or more rows are rejected than the connector allows.
+pub fn extract(connector: &Connector, grid: &Grid) -> Result<Extracted, ConnectorError> {
+    let header = connector.locate_header(&grid.sheet, &grid.rows)?;
+    let mut records = Vec::new();
+    let mut rejected = Vec::new();
+    let (mut skipped, mut rejected_rows) = (0, 0);
+    let body = grid.rows.iter().enumerate().skip(header.row + 1);
+    let data_rows = grid.rows.len().saturating_sub(header.row + 1);
+    for (r, row) in body {
+        match connector.map_row(&header, row) {
+            RowOutcome::Record(rec) => records.push(rec),
+            RowOutcome::Skipped => skipped += 1,
+            RowOutcome::Rejected(why) => {
+                rejected_rows += 1;
+                rejected.extend(why.into_iter().map(|w| RejectedRow {
+                    sheet: grid.sheet.clone(),
+                    row: r + 1,
+                    column: w.column,
+                    value: w.value,
+                    reason: w.reason,
+                }));
+            }
+        }
+    }
+    let considered = records.len() + rejected_rows;
+    let limit = connector.spec.max_rejected_ratio;
+    if considered > 0 && rejected_rows as f64 / considered as f64 > limit {
+        let first = rejected
+            .first()
+            .map(|r| format!("; first: row {} column {:?}: {}", r.row, r.column, r.reason))
+            .unwrap_or_default();
+        return Err(ConnectorError::Layout(format!(
+            "{rejected_rows} of {considered} rows in sheet {:?} were rejected, more than the connector {} allows ({:.1}%){first}",
+            grid.sheet,
+            connector.name,
+            limit * 100.0
+        )));
+    }
+    Ok(Extracted {
+        report: Report {
+            sheet: grid.sheet.clone(),
+            header_row: header.row + 1,
+            data_rows,
+            records: records.len(),
+            skipped_rows: skipped,
+            rejected_rows,
+        },
+        records,
+        rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etl::connector::{SheetRef, sap_gl_spec};
+    use crate::etl::workbook::read_sheet;
+    use rust_decimal::Decimal;
+    use rust_xlsxwriter::Workbook;
+
+    /// A small SAP FBL3N-like export: title rows, a header, line items (numbers held as text
+    /// in German format), a subtotal line and a row with a bad date.
+    fn fbl3n(bad_rows: usize) -> Vec<u8> {
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        ws.set_name("GL").unwrap();
+        ws.write_string(0, 0, "G/L Account Line Item Display")
+            .unwrap();
+        ws.write_string(1, 0, "Company Code 1000").unwrap();
+        for (c, h) in ["Document Number", "Posting Date", "Amount in LC", "Text"]
+            .iter()
+            .enumerate()
+        {
+            ws.write_string(3, c as u16, *h).unwrap();
+        }
+        let lines = [
+            ("100001", "01.12.2025", "1.000,00"),
+            ("100002", "15.12.2025", "250,50-"),
+            ("100003", "31.12.2025", "(12,00)"),
+        ];
+        let mut r = 4;
+        for (doc, date, amt) in lines {
+            ws.write_string(r, 0, doc).unwrap();
+            ws.write_string(r, 1, date).unwrap();
+            ws.write_string(r, 2, amt).unwrap();
+            ws.write_string(r, 3, "line").unwrap();
+            r += 1;
+        }
+        ws.write_string(r, 0, "* Total").unwrap();
+        ws.write_string(r, 2, "738,50").unwrap();
+        r += 2; // a blank row
+        for i in 0..bad_rows {
+            ws.write_string(r, 0, format!("9{i:05}")).unwrap();
+            ws.write_string(r, 1, "32.13.2025").unwrap();
+            ws.write_string(r, 2, "1,00").unwrap();
+            r += 1;
+        }
+        wb.save_to_buffer().unwrap()
+    }
+
+    fn connector(max_rejected_ratio: f64) -> Connector {
+        let mut spec = sap_gl_spec();
+        spec.max_rejected_ratio = max_rejected_ratio;
+        Connector::new("sap_fbl3n", spec).unwrap()
+    }
+
+    #[test]
+    fn extracts_line_items_skipping_titles_subtotals_and_blanks() {
+        let grid = read_sheet(fbl3n(1), &SheetRef::Name("GL".into())).unwrap();
+        let out = extract(&connector(0.5), &grid).unwrap();
+        let amounts: Vec<&Value> = out.records.iter().map(|r| &r["amount"]).collect();
+        assert_eq!(
+            amounts,
+            [
+                &Value::Decimal(Decimal::new(100000, 2)),
+                &Value::Decimal(Decimal::new(-25050, 2)),
+                &Value::Decimal(Decimal::new(-1200, 2)),
+            ]
+        );
+        assert_eq!(
+            out.records[2]["posting_date"],
+            Value::Date(chrono::NaiveDate::from_ymd_opt(2025, 12, 31).unwrap())
+        );
+        assert_eq!(
+            out.rejected,
+            vec![RejectedRow {
+                sheet: "GL".into(),
+                row: 10,
+                column: "Posting Date".into(),
+                value: "32.13.2025".into(),
+                reason: "not a date: \"32.13.2025\"".into(),
+            }]
+        );
+        assert_eq!(
+            out.report,
+            Report {
+                sheet: "GL".into(),
+                header_row: 4,
+                data_rows: 6,
+                records: 3,
+                skipped_rows: 2,
+                rejected_rows: 1
+            }
+        );
+    }
+
+    #[test]
+    fn too_many_rejected_rows_fail_the_file_with_the_first_reason() {
+        let grid = read_sheet(fbl3n(2), &SheetRef::Index(0)).unwrap();
+        let e = extract(&connector(0.05), &grid).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "2 of 5 rows in sheet \"GL\" were rejected, more than the connector sap_fbl3n allows (5.0%); first: row 10 column \"Posting Date\": not a date: \"32.13.2025\""
+        );
+    }
+}
