@@ -14,11 +14,12 @@ use crate::helpers::*;
 
 const T: Duration = Duration::from_secs(20);
 
-async fn mode_row(app: &TestApp) -> String {
+/// This process's mode as its `workers` row shows it; None until its first heartbeat.
+async fn mode_row(app: &TestApp) -> Option<String> {
     let id = &app.app.as_ref().unwrap().state.identity.id;
     sqlx::query_scalar("SELECT mode FROM workers WHERE id = $1")
         .bind(id)
-        .fetch_one(&app.db.pool)
+        .fetch_optional(&app.db.pool)
         .await
         .unwrap()
 }
@@ -45,7 +46,7 @@ async fn drain_while_idle_is_safe_at_once_and_resume_restores_normal() {
         (503, Some("draining"))
     );
     wait_for(T, "workers row to show SafeToStop", || async {
-        (mode_row(&app).await == "SafeToStop").then_some(())
+        (mode_row(&app).await.as_deref() == Some("SafeToStop")).then_some(())
     })
     .await;
     // Nothing is claimed while drained; uploads are still accepted.
