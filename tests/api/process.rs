@@ -26,7 +26,7 @@ async fn deploy_drains_v1_and_v2_resumes_each_job_at_its_checkpoint() {
     let store = db.store();
     let mut p1 = spawn_process("worker", &process_env(&db.url, "v1"));
     let id = store
-        .enqueue(&NewJob::new("test", json!({"sleep_ms": 600})))
+        .enqueue(&NewJob::new("test", json!({"sleep_ms": 1200})))
         .await
         .unwrap()
         .job_id;
@@ -121,7 +121,7 @@ async fn a_frozen_worker_that_wakes_up_late_cannot_overwrite_the_job() {
     let store = db.store();
     let p1 = spawn_process("worker", &process_env(&db.url, "v1"));
     let id = store
-        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"second": 1500}})))
+        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"second": 4000}})))
         .await
         .unwrap()
         .job_id;
