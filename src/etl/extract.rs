@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn extracts_line_items_skipping_titles_subtotals_and_blanks() {
-        let grid = read_sheet(fbl3n(1), &SheetRef::Name("GL".into())).unwrap();
+        let grid = read_sheet(fbl3n(1), &SheetRef::Name("GL".into()), 64 << 20).unwrap();
         let out = extract(&connector(0.5), &grid).unwrap();
         let amounts: Vec<&Value> = out.records.iter().map(|r| &r["amount"]).collect();
         assert_eq!(
@@ -186,7 +186,7 @@ mod tests {
 
     #[test]
     fn too_many_rejected_rows_fail_the_file_with_the_first_reason() {
-        let grid = read_sheet(fbl3n(2), &SheetRef::Index(0)).unwrap();
+        let grid = read_sheet(fbl3n(2), &SheetRef::Index(0), 64 << 20).unwrap();
         let e = extract(&connector(0.05), &grid).unwrap_err();
         assert_eq!(
             e.to_string(),

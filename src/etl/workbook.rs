@@ -18,6 +18,10 @@ pub enum WorkbookError {
     Encrypted,
     #[error("the workbook is damaged or truncated: {0}")]
     Corrupt(String),
+    #[error(
+        "the workbook inflates to {declared} bytes, more than the limit of {limit} (possible zip bomb)"
+    )]
+    TooLarge { declared: u64, limit: u64 },
     #[error("sheet {wanted} not found; the workbook has {available}")]
     SheetNotFound { wanted: String, available: String },
 }
@@ -58,6 +62,25 @@ fn is_encrypted_container(bytes: &[u8]) -> bool {
     bytes.windows(needle.len()).any(|w| w == needle.as_slice())
 }
 
+/// Sums the uncompressed sizes the zip's central directory declares, without inflating
+/// anything. The zip reader under calamine refuses to inflate an entry past its declared size,
+/// so this bounds what reading the workbook can allocate.
+fn check_inflated_size(bytes: &[u8], limit: u64) -> Result<(), WorkbookError> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(bytes))
+        .map_err(|e| WorkbookError::Corrupt(e.to_string()))?;
+    let mut declared: u64 = 0;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index_raw(i)
+            .map_err(|e| WorkbookError::Corrupt(e.to_string()))?;
+        declared = declared.saturating_add(entry.size());
+    }
+    if declared > limit {
+        return Err(WorkbookError::TooLarge { declared, limit });
+    }
+    Ok(())
+}
+
 fn cell(d: &Data) -> Cell {
     match d {
         Data::Empty => Cell::Empty,
@@ -73,11 +96,19 @@ fn cell(d: &Data) -> Cell {
     }
 }
 
-/// Reads the sheet `which` of the workbook in `bytes`.
-pub fn read_sheet(bytes: Vec<u8>, which: &SheetRef) -> Result<Grid, WorkbookError> {
+/// Reads the sheet `which` of the workbook in `bytes`; zip-based formats may inflate to at most
+/// `max_inflated_bytes` in all.
+pub fn read_sheet(
+    bytes: Vec<u8>,
+    which: &SheetRef,
+    max_inflated_bytes: u64,
+) -> Result<Grid, WorkbookError> {
     sniff(&bytes)?;
     if is_encrypted_container(&bytes) {
         return Err(WorkbookError::Encrypted);
+    }
+    if bytes.starts_with(ZIP_MAGIC) {
+        check_inflated_size(&bytes, max_inflated_bytes)?;
     }
     let mut wb = open_workbook_auto_from_rs(Cursor::new(bytes))
         .map_err(|e| WorkbookError::Corrupt(e.to_string()))?;
@@ -120,6 +151,8 @@ mod tests {
     use super::*;
     use rust_xlsxwriter::{ExcelDateTime, Format, Workbook};
 
+    const LIMIT: u64 = 64 << 20;
+
     fn workbook() -> Vec<u8> {
         let mut wb = Workbook::new();
         let ws = wb.add_worksheet();
@@ -139,7 +172,7 @@ mod tests {
 
     #[test]
     fn reads_a_sheet_by_name_with_cells_at_their_sheet_positions() {
-        let g = read_sheet(workbook(), &SheetRef::Name("gl".into())).unwrap();
+        let g = read_sheet(workbook(), &SheetRef::Name("gl".into()), LIMIT).unwrap();
         assert_eq!(g.sheet, "GL");
         assert_eq!(g.rows[2][1], Cell::Text("Posting Date".into()));
         assert_eq!(
@@ -149,27 +182,32 @@ mod tests {
         );
         assert_eq!(g.rows[3][2], Cell::Float(-1234.56));
         assert_eq!(g.rows[4][2], Cell::Text("1.234,56-".into()));
-        let g = read_sheet(workbook(), &SheetRef::Index(0)).unwrap();
+        let g = read_sheet(workbook(), &SheetRef::Index(0), LIMIT).unwrap();
         assert_eq!(g.sheet, "Cover");
     }
 
     #[test]
     fn unreadable_files_get_named_errors() {
         assert_eq!(
-            read_sheet(Vec::new(), &SheetRef::Index(0)).unwrap_err(),
+            read_sheet(Vec::new(), &SheetRef::Index(0), LIMIT).unwrap_err(),
             WorkbookError::Empty
         );
         assert_eq!(
-            read_sheet(b"Posting Date;Amount\n".to_vec(), &SheetRef::Index(0)).unwrap_err(),
+            read_sheet(
+                b"Posting Date;Amount\n".to_vec(),
+                &SheetRef::Index(0),
+                LIMIT
+            )
+            .unwrap_err(),
             WorkbookError::NotAWorkbook
         );
         let mut truncated = workbook();
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(
-            read_sheet(truncated, &SheetRef::Index(0)).unwrap_err(),
+            read_sheet(truncated, &SheetRef::Index(0), LIMIT).unwrap_err(),
             WorkbookError::Corrupt(_)
         ));
-        let e = read_sheet(workbook(), &SheetRef::Name("Trial Balance".into())).unwrap_err();
+        let e = read_sheet(workbook(), &SheetRef::Name("Trial Balance".into()), LIMIT).unwrap_err();
         assert_eq!(
             e.to_string(),
             "sheet \"Trial Balance\" not found; the workbook has [\"Cover\", \"GL\"]"
@@ -179,8 +217,30 @@ mod tests {
         encrypted.extend(vec![0u8; 512]);
         encrypted.extend("EncryptedPackage".encode_utf16().flat_map(u16::to_le_bytes));
         assert_eq!(
-            read_sheet(encrypted, &SheetRef::Index(0)).unwrap_err(),
+            read_sheet(encrypted, &SheetRef::Index(0), LIMIT).unwrap_err(),
             WorkbookError::Encrypted
         );
+    }
+
+    #[test]
+    fn a_workbook_that_inflates_past_the_limit_is_refused_before_parsing() {
+        // 20,000 rows of repetitive text: ~60 KB on disk, well over 1 MB of XML inflated.
+        let mut wb = Workbook::new();
+        let ws = wb.add_worksheet();
+        for r in 0..20_000 {
+            ws.write_string(r, 0, "same text in every row").unwrap();
+            ws.write_number(r, 1, 1.0).unwrap();
+        }
+        let bytes = wb.save_to_buffer().unwrap();
+        assert!(bytes.len() < 1 << 20, "compressed {} bytes", bytes.len());
+        match read_sheet(bytes.clone(), &SheetRef::Index(0), 1 << 20).unwrap_err() {
+            WorkbookError::TooLarge { declared, limit } => {
+                assert!(declared > limit);
+                assert_eq!(limit, 1 << 20);
+            }
+            other => panic!("{other:?}"),
+        }
+        let grid = read_sheet(bytes, &SheetRef::Index(0), LIMIT).unwrap();
+        assert_eq!(grid.rows.len(), 20_000);
     }
 }
