@@ -475,12 +475,20 @@ async fn cleaner_deletes_finished_jobs_past_retention_with_their_history() {
     assert_eq!(orphan_events, 0);
 }
 
-#[tokio::test]
+// Several worker threads, as in a real process: a single-threaded test runtime hosting four
+// workers can starve lease renewals and turn this into a rescue test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_workers_run_thousands_of_jobs_each_stage_exactly_once() {
     let db = Arc::new(TestDb::new().await);
     let mut apps = Vec::new();
     for _ in 0..4 {
-        apps.push(spawn_app_on(db.clone(), Role::Worker, |s| s.worker.fetch_batch = 7).await);
+        apps.push(
+            spawn_app_on(db.clone(), Role::Worker, |s| {
+                s.worker.fetch_batch = 7;
+                s.worker.lease_ms = 5000;
+            })
+            .await,
+        );
     }
     let n = 2000;
     let jobs: Vec<NewJob> = (0..n).map(|_| NewJob::new("test", json!({}))).collect();
@@ -493,21 +501,42 @@ async fn several_workers_run_thousands_of_jobs_each_stage_exactly_once() {
         (done == n).then_some(())
     })
     .await;
-    // Every stage ran to completion exactly once, and every job was claimed exactly once.
-    let dup_runs: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT job_id, stage FROM test_stage_runs GROUP BY 1, 2 HAVING count(*) > 1) d",
+    let count = |sql: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // Every stage completed (was checkpointed) exactly once.
+    let completions =
+        count("SELECT count(*) FROM job_events WHERE event = 'stage_completed'").await;
+    let distinct_completions = count(
+        "SELECT count(*) FROM (SELECT DISTINCT job_id, stage FROM job_events WHERE event = 'stage_completed') d",
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM test_stage_runs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    .await;
+    assert_eq!((completions, distinct_completions), (3 * n, 3 * n));
+    // Every stage ran, and a stage ran again only for a job whose lease expired and was
+    // rescued (its first run's checkpoint was fenced off): that is the at-least-once window
+    // SPEC §2 asks stages to be idempotent for, not a double claim.
+    let distinct_runs =
+        count("SELECT count(*) FROM (SELECT DISTINCT job_id, stage FROM test_stage_runs) d").await;
+    let unexplained_reruns = count(
+        r#"
+        SELECT count(*) FROM (
+            SELECT job_id, stage FROM test_stage_runs GROUP BY 1, 2 HAVING count(*) > 1
+        ) d
+        WHERE NOT EXISTS (SELECT 1 FROM job_events e WHERE e.job_id = d.job_id AND e.event = 'rescued')
+        "#,
+    )
+    .await;
+    assert_eq!(distinct_runs, 3 * n);
+    assert_eq!(unexplained_reruns, 0);
     // No job was claimed twice at once: every claim after a job's first follows a rescue or
-    // release of that job (under CPU starvation a lease can expire and be rescued; that is a
-    // hand-over, not a double claim).
-    let overlapping: i64 = sqlx::query_scalar(
+    // release of that job.
+    let overlapping = count(
         r#"
         SELECT count(*) FROM (
             SELECT event, lag(event) OVER (PARTITION BY job_id ORDER BY id) AS prev
@@ -516,16 +545,9 @@ async fn several_workers_run_thousands_of_jobs_each_stage_exactly_once() {
         WHERE event = 'claimed' AND prev = 'claimed'
         "#,
     )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let claimed_jobs: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT job_id) FROM job_events WHERE event = 'claimed'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(dup_runs, 0);
-    assert_eq!(runs, 3 * n);
+    .await;
+    let claimed_jobs =
+        count("SELECT count(DISTINCT job_id) FROM job_events WHERE event = 'claimed'").await;
     assert_eq!(overlapping, 0);
     assert_eq!(claimed_jobs, n);
     // The work was really shared.
