@@ -47,10 +47,9 @@ impl Completer {
 async fn write(
     store: &JobStore,
     actor: &Actor,
-    batch: &[Request],
+    mut pending: Vec<Transition>,
     give_up: Duration,
 ) -> HashSet<i64> {
-    let mut pending: Vec<Transition> = batch.iter().map(|(t, _)| t.clone()).collect();
     let mut applied = HashSet::new();
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(50);
@@ -103,14 +102,20 @@ async fn run(
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let applied = write(&store, &actor, &batch, give_up).await;
-        for (t, done) in batch.drain(..) {
-            let ok = applied.contains(&t.job_id);
+        // Transitions are moved into the write, not cloned; (job, token) pairs stay for replies.
+        let (transitions, replies): (Vec<Transition>, Vec<_>) = batch.drain(..).unzip();
+        let keys: Vec<(i64, i64)> = transitions
+            .iter()
+            .map(|t| (t.job_id, t.fencing_token))
+            .collect();
+        let applied = write(&store, &actor, transitions, give_up).await;
+        for ((job_id, fencing_token), done) in keys.into_iter().zip(replies) {
+            let ok = applied.contains(&job_id);
             if !ok {
                 Metrics::inc(&metrics.stale_writes_rejected, 1);
                 tracing::warn!(
-                    job_id = t.job_id,
-                    fencing_token = t.fencing_token,
+                    job_id,
+                    fencing_token,
                     "write rejected: the job's fencing token has moved on"
                 );
             }

@@ -80,11 +80,9 @@ async fn drain_wait_exits_zero_at_safe_to_stop_and_non_zero_on_timeout() {
     env.push(("ETLQ__WORKER__DRAIN_TIMEOUT_MS".into(), "60000".into()));
     let p = spawn_process("worker", &env);
     let store = db.store();
-    let id = store
-        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"first": 3000}})))
-        .await
-        .unwrap()
-        .job_id;
+    let id = db
+        .enqueue("test", json!({"sleep_ms": {"first": 3000}}))
+        .await;
     require_state(&store, id, JobState::Running, Duration::from_secs(20)).await;
     let (code, _, err) = etlq(
         &db.url,

@@ -58,6 +58,15 @@ impl TestDb {
     pub fn store(&self) -> JobStore {
         JobStore::new(self.pool.clone(), 5)
     }
+
+    /// Enqueues one job; returns its id.
+    pub async fn enqueue(&self, kind: &str, payload: Value) -> i64 {
+        self.store()
+            .enqueue(&NewJob::new(kind, payload))
+            .await
+            .unwrap()
+            .job_id
+    }
 }
 
 /// Settings tuned for fast tests: short leases, quick rescue and polling.
@@ -119,11 +128,7 @@ impl TestApp {
     }
 
     pub async fn enqueue(&self, kind: &str, payload: Value) -> i64 {
-        self.store()
-            .enqueue(&NewJob::new(kind, payload))
-            .await
-            .unwrap()
-            .job_id
+        self.db.enqueue(kind, payload).await
     }
 
     /// Starts a drain and waits until the app has stopped.

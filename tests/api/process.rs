@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use etlq::queue::{JobState, NewJob};
+use etlq::queue::JobState;
 
 use crate::helpers::*;
 
@@ -25,11 +25,7 @@ async fn deploy_drains_v1_and_v2_resumes_each_job_at_its_checkpoint() {
     let db = Arc::new(TestDb::new().await);
     let store = db.store();
     let mut p1 = spawn_process("worker", &process_env(&db.url, "v1"));
-    let id = store
-        .enqueue(&NewJob::new("test", json!({"sleep_ms": 1200})))
-        .await
-        .unwrap()
-        .job_id;
+    let id = db.enqueue("test", json!({"sleep_ms": 1200})).await;
     // Wait until `first` is done and `second` is running in process 1.
     wait_stages_completed(&db.pool, id, 1).await;
     let drained: serde_json::Value = reqwest::Client::new()
@@ -89,11 +85,9 @@ async fn kill_9_mid_stage_another_process_resumes_from_the_last_checkpoint() {
     let db = Arc::new(TestDb::new().await);
     let store = db.store();
     let mut p1 = spawn_process("worker", &process_env(&db.url, "v1"));
-    let id = store
-        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"second": 2000}})))
-        .await
-        .unwrap()
-        .job_id;
+    let id = db
+        .enqueue("test", json!({"sleep_ms": {"second": 2000}}))
+        .await;
     wait_stages_completed(&db.pool, id, 1).await;
     p1.signal("KILL");
     p1.wait_exit(T).await;
@@ -120,11 +114,9 @@ async fn a_frozen_worker_that_wakes_up_late_cannot_overwrite_the_job() {
     let db = Arc::new(TestDb::new().await);
     let store = db.store();
     let p1 = spawn_process("worker", &process_env(&db.url, "v1"));
-    let id = store
-        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"second": 4000}})))
-        .await
-        .unwrap()
-        .job_id;
+    let id = db
+        .enqueue("test", json!({"sleep_ms": {"second": 4000}}))
+        .await;
     wait_stages_completed(&db.pool, id, 1).await;
     let p1_id = completed_stages(&db.pool, id).await[0].1.clone();
     p1.signal("STOP");
@@ -178,11 +170,9 @@ async fn sigterm_mid_stage_finishes_the_stage_releases_the_job_and_exits_zero() 
     let db = Arc::new(TestDb::new().await);
     let store = db.store();
     let mut p = spawn_process("worker", &process_env(&db.url, "v1"));
-    let id = store
-        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"first": 800}})))
-        .await
-        .unwrap()
-        .job_id;
+    let id = db
+        .enqueue("test", json!({"sleep_ms": {"first": 800}}))
+        .await;
     require_state(&store, id, JobState::Running, T).await;
     p.signal("TERM");
     assert_eq!(p.wait_exit(T).await, Some(0));

@@ -131,11 +131,7 @@ async fn claims_honour_priority_then_run_at_and_skip_future_jobs() {
 async fn expired_lease_is_rescued_and_the_stale_holders_writes_are_rejected() {
     let db = TestDb::new().await;
     let store = db.store();
-    let id = store
-        .enqueue(&NewJob::new("test", json!({})))
-        .await
-        .unwrap()
-        .job_id;
+    let id = db.enqueue("test", json!({})).await;
     let zombie = actor("zombie");
     let job = store
         .claim(&zombie, &kinds(), 1, Duration::from_millis(300))
