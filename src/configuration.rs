@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::etl::connector::{Connector, ConnectorSpec};
+
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,49 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub maintenance: MaintenanceSettings,
     pub log: LogSettings,
+    pub blob: BlobSettings,
+    pub etl: EtlSettings,
+    /// ERP layouts by name (SPEC §8).
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorSpec>,
+}
+
+/// Where sources and artifacts live: a local directory or Azure Blob Storage.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BlobSettings {
+    /// A directory path (`data/blobs`, `file:///srv/etlq`) or `az://container[/prefix]`.
+    pub url: String,
+    #[serde(default)]
+    pub azure: AzureSettings,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AzureSettings {
+    #[serde(default)]
+    pub account: String,
+    /// Shared key. Set it from the environment: ETLQ__BLOB__AZURE__ACCESS_KEY.
+    #[serde(default)]
+    pub access_key: String,
+    /// Blob endpoint, e.g. `http://127.0.0.1:10000/devstoreaccount1` (empty: Azure's default).
+    #[serde(default)]
+    pub endpoint: String,
+    /// Azurite with its well-known development account.
+    #[serde(default)]
+    pub use_emulator: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EtlSettings {
+    pub max_upload_bytes: u64,
+    pub max_inflated_bytes: u64,
+    pub sync_batch: usize,
+    /// Superseded dataset versions (sink documents and run artifacts) are deleted after this.
+    pub superseded_retention_hours: u64,
+    pub superseded_cleanup_interval_ms: u64,
+    /// Fault-injection aid for tests: each ETL stage pauses this long after its first write,
+    /// so a test can kill the process inside the stage. 0 in production.
+    #[serde(default)]
+    pub pause_in_stage_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,7 +185,26 @@ impl Settings {
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return bad("log.format must be \"pretty\" or \"json\"");
         }
+        if self.etl.sync_batch == 0 {
+            return bad("etl.sync_batch must be at least 1");
+        }
+        if self.etl.max_upload_bytes == 0 {
+            return bad("etl.max_upload_bytes must be at least 1");
+        }
+        self.connectors()?;
         Ok(())
+    }
+
+    /// Every configured connector, checked.
+    pub fn connectors(&self) -> Result<BTreeMap<String, Connector>, ConfigError> {
+        self.connectors
+            .iter()
+            .map(|(name, spec)| {
+                Connector::new(name, spec.clone())
+                    .map(|c| (name.clone(), c))
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -167,6 +231,14 @@ mod tests {
     #[test]
     fn embedded_defaults_are_valid() {
         Settings::defaults().validate().unwrap();
+    }
+
+    #[test]
+    fn the_sample_connectors_load_from_the_embedded_defaults() {
+        let c = Settings::defaults().connectors().unwrap();
+        assert!(c.contains_key("sap_fbl3n"), "{:?}", c.keys());
+        assert!(c.contains_key("trial_balance"), "{:?}", c.keys());
+        assert_eq!(c["sap_fbl3n"].spec.locale.decimal_separator, ',');
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;
+pub mod sink;
 pub mod startup;
+pub mod storage;
 pub mod telemetry;
 pub mod worker;

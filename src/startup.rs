@@ -11,11 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Surface};
 use crate::configuration::Settings;
+use crate::etl::Etl;
 use crate::fleet::WorkerInfo;
 use crate::lifecycle::Lifecycle;
+use crate::maintenance::{SupersededCleaner, SupersededCleanerConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::{Registry, register_builtin};
 use crate::queue::JobStore;
+use crate::sink::PgSink;
+use crate::storage::BlobStore;
 use crate::worker::Worker;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +47,19 @@ pub fn default_registry() -> Registry {
     let mut r = Registry::new();
     register_builtin(&mut r);
     r
+}
+
+/// The ETL context: blob store (creating its directory or container), sink and connectors.
+pub async fn build_etl(settings: &Settings, pool: PgPool) -> Result<Etl, anyhow::Error> {
+    let blobs = BlobStore::open(&settings.blob).await?;
+    tracing::info!(blobs = %blobs.location, "blob store ready");
+    Ok(Etl {
+        blobs,
+        sink: Arc::new(PgSink::new(pool.clone())),
+        connectors: settings.connectors()?,
+        settings: settings.etl.clone(),
+        pool,
+    })
 }
 
 pub struct Application {
@@ -73,6 +90,11 @@ impl Application {
         pool: PgPool,
         shutdown: CancellationToken,
     ) -> Result<Self, anyhow::Error> {
+        let etl = Arc::new(build_etl(&settings, pool.clone()).await?);
+        let mut registry = registry;
+        if registry.get(crate::etl::ETL_KIND).is_none() {
+            registry.register(etl.kind());
+        }
         let settings = Arc::new(settings);
         let registry = Arc::new(registry);
         let lifecycle = Lifecycle::new(settings.worker.drain_timeout());
@@ -86,6 +108,7 @@ impl Application {
             lifecycle: lifecycle.clone(),
             metrics: metrics.clone(),
             identity: identity.clone(),
+            etl: etl.clone(),
         };
         let listener = TcpListener::bind((settings.api.host.as_str(), settings.api.port)).await?;
         let addr = listener.local_addr()?;
@@ -105,6 +128,11 @@ impl Application {
                 metrics.clone(),
                 (*identity).clone(),
             );
+            let cleaner = SupersededCleaner::new(
+                etl.clone(),
+                SupersededCleanerConfig::from_settings(&settings.etl),
+            );
+            tokio::spawn(cleaner.run(shutdown.clone()));
             tokio::spawn(w.run(shutdown.clone()))
         });
         // The HTTP server outlives the drain (so it can be watched over REST) and stops

@@ -3,21 +3,33 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{JobId, Json, Query};
+use super::uploads;
+use crate::etl::{ETL_KIND, EtlPayload};
 use crate::queue::{Job, JobEvent, JobState, ListFilter, NewJob};
 
 pub const MAX_PAGE: i64 = 500;
 pub const DEFAULT_PAGE: i64 = 50;
 
+/// `POST /v1/jobs`: either an ETL job for a blob already in the store
+/// (`{bu_id, connector, source_blob}`, SPEC §5) or any registered kind (`{kind, payload}`).
 pub async fn create(
     State(state): State<AppState>,
-    Json(new): Json<NewJob>,
-) -> Result<impl IntoResponse, ApiError> {
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<Value>,
+) -> Result<axum::response::Response, ApiError> {
+    if body.get("source_blob").is_some() && body.get("kind").is_none() {
+        let req =
+            serde_json::from_value(body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        return uploads::create_from_blob(&state, &caller, req).await;
+    }
+    let new: NewJob =
+        serde_json::from_value(body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
     if state.registry.get(&new.kind).is_none() {
         let known: Vec<&str> = state.registry.names().collect();
         return Err(ApiError::new(
@@ -30,6 +42,17 @@ pub async fn create(
             ),
         ));
     }
+    if new.kind == ETL_KIND {
+        // Same checks as the ETL form, so a bad payload never reaches a worker.
+        let p: EtlPayload = serde_json::from_value(new.payload.clone())
+            .map_err(|e| ApiError::unprocessable(format!("etl payload: {e}")))?;
+        let req = serde_json::from_value(json!({
+            "bu_id": p.bu_id, "connector": p.connector, "source_blob": p.source_blob,
+            "idempotency_key": new.idempotency_key,
+        }))
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        return uploads::create_from_blob(&state, &caller, req).await;
+    }
     let enq = state.store.enqueue(&new).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -38,7 +61,8 @@ pub async fn create(
             "status_url": format!("/v1/jobs/{}", enq.job_id),
             "created": enq.created,
         })),
-    ))
+    )
+        .into_response())
 }
 
 /// A job with its stage list and history.
@@ -47,6 +71,9 @@ pub struct JobView {
     #[serde(flatten)]
     job: Job,
     stages: Vec<String>,
+    /// ETL jobs: the extract report, once extract has finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<Value>,
     history: Vec<JobEvent>,
 }
 
@@ -67,9 +94,15 @@ pub async fn show(
                 .map(|i| k.stages[i].name().to_string())
         });
     }
+    let report = job
+        .checkpoint
+        .get("extract")
+        .and_then(|e| e.get("report"))
+        .cloned();
     Ok(axum::Json(JobView {
         job,
         stages,
+        report,
         history,
     }))
 }

@@ -6,6 +6,7 @@ mod dead_letters;
 mod error;
 mod extract;
 mod jobs;
+mod uploads;
 
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<WorkerInfo>,
+    pub etl: Arc<crate::etl::Etl>,
 }
 
 /// Which routes a process serves: `serve` and `api` the whole API, `worker` the control plane
@@ -54,6 +56,11 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/fleet/resume", post(control::fleet_resume));
     if surface == Surface::Full {
         v1 = v1
+            .route(
+                "/uploads",
+                // The upload handler enforces etl.max_upload_bytes itself while streaming.
+                post(uploads::upload).layer(DefaultBodyLimit::disable()),
+            )
             .route("/jobs", post(jobs::create).get(jobs::list))
             .route("/jobs/{id}", get(jobs::show))
             .route("/jobs/{id}/cancel", post(jobs::cancel))

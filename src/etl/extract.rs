@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::coerce::Value;
-use super::connector::{Connector, ConnectorError, RowOutcome};
+use super::connector::{Connector, ConnectorError, Rejection, RowOutcome};
 use super::workbook::Grid;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RejectedRow {
     pub sheet: String,
     /// 1-based, as Excel shows it.
@@ -19,7 +19,7 @@ pub struct RejectedRow {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Report {
     pub sheet: String,
     /// 1-based header row.
@@ -37,32 +37,74 @@ pub struct Extracted {
     pub report: Report,
 }
 
-/// Extracts every data row below the header. Fails (a layout error: the job must not be
-/// retried) when the header is missing or more rows are rejected than the connector allows.
+/// What the caller of [`extract_with`] makes of a mapped record.
+pub enum Verdict {
+    Keep,
+    /// Reject the row after all (e.g. a duplicate key).
+    Reject(Rejection),
+    /// Stop reading (cancelled).
+    Stop,
+}
+
+/// Outcome of [`extract_with`]: the rejected rows and the report, or `None` when stopped.
+pub type Streamed = Option<(Vec<RejectedRow>, Report)>;
+
+/// Extracts every data row below the header, collecting the records (small files and tests).
 pub fn extract(connector: &Connector, grid: &Grid) -> Result<Extracted, ConnectorError> {
-    let header = connector.locate_header(&grid.sheet, &grid.rows)?;
     let mut records = Vec::new();
+    let (rejected, report) = extract_with(connector, grid, |_, rec| {
+        records.push(rec);
+        Verdict::Keep
+    })?
+    .expect("never stopped");
+    Ok(Extracted {
+        records,
+        rejected,
+        report,
+    })
+}
+
+/// Extracts every data row below the header, handing each record (with its 1-based row) to
+/// `on_record` as it is mapped, so nothing but the rejected rows is held. Fails (a layout
+/// error: the job must not be retried) when the header is missing or more rows are rejected
+/// than the connector allows.
+pub fn extract_with(
+    connector: &Connector,
+    grid: &Grid,
+    mut on_record: impl FnMut(usize, BTreeMap<String, Value>) -> Verdict,
+) -> Result<Streamed, ConnectorError> {
+    let header = connector.locate_header(&grid.sheet, &grid.rows)?;
     let mut rejected = Vec::new();
-    let (mut skipped, mut rejected_rows) = (0, 0);
+    let (mut records, mut skipped, mut rejected_rows) = (0, 0, 0);
     let body = grid.rows.iter().enumerate().skip(header.row + 1);
     let data_rows = grid.rows.len().saturating_sub(header.row + 1);
+    let mut reject = |r: usize, why: Vec<Rejection>| {
+        rejected.extend(why.into_iter().map(|w| RejectedRow {
+            sheet: grid.sheet.clone(),
+            row: r + 1,
+            column: w.column,
+            value: w.value,
+            reason: w.reason,
+        }));
+    };
     for (r, row) in body {
         match connector.map_row(&header, row) {
-            RowOutcome::Record(rec) => records.push(rec),
+            RowOutcome::Record(rec) => match on_record(r + 1, rec) {
+                Verdict::Keep => records += 1,
+                Verdict::Reject(why) => {
+                    rejected_rows += 1;
+                    reject(r, vec![why]);
+                }
+                Verdict::Stop => return Ok(None),
+            },
             RowOutcome::Skipped => skipped += 1,
             RowOutcome::Rejected(why) => {
                 rejected_rows += 1;
-                rejected.extend(why.into_iter().map(|w| RejectedRow {
-                    sheet: grid.sheet.clone(),
-                    row: r + 1,
-                    column: w.column,
-                    value: w.value,
-                    reason: w.reason,
-                }));
+                reject(r, why);
             }
         }
     }
-    let considered = records.len() + rejected_rows;
+    let considered = records + rejected_rows;
     let limit = connector.spec.max_rejected_ratio;
     if considered > 0 && rejected_rows as f64 / considered as f64 > limit {
         let first = rejected
@@ -76,18 +118,17 @@ pub fn extract(connector: &Connector, grid: &Grid) -> Result<Extracted, Connecto
             limit * 100.0
         )));
     }
-    Ok(Extracted {
-        report: Report {
+    Ok(Some((
+        rejected,
+        Report {
             sheet: grid.sheet.clone(),
             header_row: header.row + 1,
             data_rows,
-            records: records.len(),
+            records,
             skipped_rows: skipped,
             rejected_rows,
         },
-        records,
-        rejected,
-    })
+    )))
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 mod cleaner;
 mod rescuer;
+mod superseded;
 
 pub use cleaner::{Cleaner, CleanerConfig};
 pub use rescuer::{Rescuer, RescuerConfig};
+pub use superseded::{SupersededCleaner, SupersededCleanerConfig};

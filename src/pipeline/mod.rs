@@ -40,6 +40,8 @@ pub struct StageContext {
     pub checkpoint: Arc<Value>,
     pub cancel: CancellationToken,
     pub worker_id: Arc<str>,
+    /// This run's fencing token (progress writes carry it).
+    pub fencing_token: i64,
     pub pool: PgPool,
 }
 
@@ -47,6 +49,22 @@ impl StageContext {
     /// The committed output of an earlier stage.
     pub fn output_of(&self, stage: &str) -> Option<&Value> {
         self.checkpoint.get(stage)
+    }
+
+    /// Shows how far the running stage got in `GET /v1/jobs/{id}`. Best effort: fenced, and a
+    /// failed write is only logged (progress is not state).
+    pub async fn report_progress(&self, progress: &Value) {
+        let r = sqlx::query(
+            "UPDATE jobs SET progress = $3 WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+        )
+        .bind(self.job_id)
+        .bind(self.fencing_token)
+        .bind(progress)
+        .execute(&self.pool)
+        .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "progress not recorded");
+        }
     }
 }
 

@@ -124,6 +124,7 @@ async fn run_stages(
             checkpoint: Arc::new(checkpoint.clone()),
             cancel: cancel.clone(),
             worker_id: worker_id.clone(),
+            fencing_token: job.fencing_token,
             pool: s.store.pool().clone(),
         };
         let started = Instant::now();

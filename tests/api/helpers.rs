@@ -27,10 +27,26 @@ fn with_database(url: &str, db: &str) -> String {
     u.to_string()
 }
 
-/// A database of its own for one test, migrated.
+/// A database of its own for one test, migrated, and a blob directory of its own.
 pub struct TestDb {
     pub url: String,
     pub pool: PgPool,
+}
+
+/// The blob directory of the test database `url` (processes find it from the URL too).
+pub fn blob_dir_of(url: &str) -> std::path::PathBuf {
+    let name = url::Url::parse(url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_string();
+    std::env::temp_dir().join("etlq-test-blobs").join(name)
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.blob_dir());
+    }
 }
 
 impl TestDb {
@@ -57,6 +73,10 @@ impl TestDb {
 
     pub fn store(&self) -> JobStore {
         JobStore::new(self.pool.clone(), 5)
+    }
+
+    pub fn blob_dir(&self) -> std::path::PathBuf {
+        blob_dir_of(&self.url)
     }
 
     /// Enqueues one job; returns its id.
@@ -154,6 +174,7 @@ pub async fn spawn_app_on(
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let mut settings = test_settings(&db.url);
+    settings.blob.url = db.blob_dir().display().to_string();
     tweak(&mut settings);
     let shutdown = CancellationToken::new();
     let app = Application::build_with_pool(
@@ -239,7 +260,9 @@ impl Drop for Proc {
 
 /// Environment for child processes matching `test_settings`.
 pub fn process_env(db_url: &str, version: &str) -> Vec<(String, String)> {
+    let blobs = blob_dir_of(db_url).display().to_string();
     [
+        ("ETLQ__BLOB__URL", blobs.as_str()),
         ("DATABASE_URL", db_url),
         ("ETLQ__DATABASE__CREATE_IF_MISSING", "false"),
         ("ETLQ__WORKER__VERSION", version),

@@ -1,0 +1,706 @@
+//! The ETL pipeline end to end: uploads over REST, the four stages against real PostgreSQL and
+//! a real blob store, checked against values computed independently by the sample generator.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+use crate::samples::{self, GlLine, TbLine};
+use etlq::queue::JobState;
+use etlq::startup::Role;
+
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// POSTs a multipart upload; `fields` are (name, value) text fields.
+pub async fn upload(
+    client: &reqwest::Client,
+    base: &str,
+    bytes: Vec<u8>,
+    file_name: &str,
+    fields: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_string()),
+    );
+    let r = client
+        .post(format!("{base}/v1/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+pub fn sample_file(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/samples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Every document the sink holds for a version, as (doc_id, body).
+pub async fn sink_docs(pool: &PgPool, version: i64) -> Vec<(String, Value)> {
+    sqlx::query_as(
+        "SELECT doc_id, body FROM sink_documents WHERE dataset_version = $1 ORDER BY doc_id",
+    )
+    .bind(version)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(
+        v.as_str()
+            .unwrap_or_else(|| panic!("decimal as string: {v}")),
+    )
+    .unwrap()
+}
+
+/// Compares the sink with the generator's model, field by field and type by type.
+pub fn check_gl_docs(docs: &[(String, Value)], lines: &[GlLine]) {
+    assert_eq!(docs.len(), lines.len(), "one document per line item");
+    let by_key: HashMap<(String, String, i64), &Value> = docs
+        .iter()
+        .map(|(_, b)| {
+            (
+                (
+                    b["company_code"].as_str().unwrap().to_string(),
+                    b["document"].as_str().unwrap().to_string(),
+                    b["line_item"]
+                        .as_i64()
+                        .expect("line_item is a JSON integer"),
+                ),
+                b,
+            )
+        })
+        .collect();
+    assert_eq!(by_key.len(), docs.len(), "keys are unique");
+    for l in lines {
+        let b = by_key
+            .get(&(l.company_code.clone(), l.document.clone(), l.line_item))
+            .unwrap_or_else(|| panic!("row {} missing from the sink", l.row));
+        assert_eq!(dec(&b["amount"]), l.amount, "row {} amount", l.row);
+        assert_eq!(
+            b["posting_date"],
+            json!(l.posting_date.to_string()),
+            "row {}",
+            l.row
+        );
+        assert_eq!(
+            b["gl_account"],
+            json!(l.gl_account),
+            "row {}: account as text",
+            l.row
+        );
+        assert_eq!(b["document_type"], json!(l.document_type));
+        assert_eq!(b["currency"], json!(l.currency));
+        assert_eq!(b["text"], json!(l.text), "row {} text", l.row);
+        assert_eq!(b.as_object().unwrap().len(), 9, "row {}: {b}", l.row);
+    }
+}
+
+pub fn check_tb_docs(docs: &[(String, Value)], lines: &[TbLine]) {
+    assert_eq!(docs.len(), lines.len());
+    let by_account: HashMap<&str, &Value> = docs
+        .iter()
+        .map(|(_, b)| (b["account"].as_str().unwrap(), b))
+        .collect();
+    for l in lines {
+        let b = by_account[l.account.as_str()];
+        assert_eq!(b["name"], json!(l.name));
+        assert_eq!(b["period_end"], json!(l.period_end.to_string()));
+        assert_eq!(dec(&b["opening"]), l.opening, "{}", l.account);
+        assert_eq!(
+            b["debit"].as_str().map(|_| dec(&b["debit"])),
+            l.debit,
+            "{}",
+            l.account
+        );
+        assert_eq!(
+            b["credit"].as_str().map(|_| dec(&b["credit"])),
+            l.credit,
+            "{}",
+            l.account
+        );
+        assert_eq!(dec(&b["closing"]), l.closing, "{} closing", l.account);
+        assert_eq!(b["active"].as_bool(), l.active, "{} active", l.account);
+    }
+}
+
+/// Waits for a job to finish and returns its REST view.
+pub async fn wait_done(client: &reqwest::Client, base: &str, id: i64) -> Value {
+    wait_for(JOB_TIMEOUT, &format!("job {id} to finish"), || async {
+        let v: Value = client
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        matches!(
+            v["state"].as_str(),
+            Some("succeeded" | "dead" | "cancelled")
+        )
+        .then_some(v)
+    })
+    .await
+}
+
+async fn counter(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT counter FROM cache_manifest")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploaded_samples_are_extracted_synced_verified_and_promoted() {
+    let app = spawn_app_on(std::sync::Arc::new(TestDb::new().await), Role::Serve, |s| {
+        s.etl.superseded_retention_hours = 0;
+        s.etl.superseded_cleanup_interval_ms = 200;
+    })
+    .await;
+    let base = app.url("");
+    let pool = app.db.pool.clone();
+
+    // G/L export: title rows, subtotals, German number formats, two rows with a bad date.
+    let gl = samples::gl_export(120, 2);
+    let (status, body) = upload(
+        &app.client,
+        &base,
+        sample_file("sap_fbl3n.xlsx"),
+        "FBL3N export.xlsx",
+        &[("bu_id", "BU-1000"), ("connector", "sap_fbl3n")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let gl_job = body["job_id"].as_i64().unwrap();
+    assert_eq!(body["status_url"], format!("/v1/jobs/{gl_job}"));
+    let view = wait_done(&app.client, &base, gl_job).await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+    check_gl_docs(&sink_docs(&pool, gl_job).await, &gl.lines);
+    let report = &view["report"];
+    assert_eq!(report["records"], gl.lines.len());
+    assert_eq!(report["rejected_rows"], 2);
+    assert_eq!(report["skipped_rows"], gl.skipped);
+    assert_eq!(report["header_row"], 5);
+    assert_eq!(view["checkpoint"]["verify"]["count"], gl.lines.len());
+    assert_eq!(view["checkpoint"]["promote"]["outcome"], "promoted");
+
+    // Rejected rows, with sheet, row and column, in the run's artifact.
+    let blobs = app.db.blob_dir();
+    let rejected =
+        std::fs::read_to_string(blobs.join(format!("runs/{gl_job}/rejected.ndjson"))).unwrap();
+    let rejected: Vec<Value> = rejected
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(usize, String)> = rejected
+        .iter()
+        .map(|r| {
+            assert_eq!(r["sheet"], "GL");
+            assert_eq!(r["value"], "31.02.2025");
+            (
+                r["row"].as_u64().unwrap() as usize,
+                r["column"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(usize, String)> = gl
+        .rejected
+        .iter()
+        .map(|(r, c)| (*r, c.to_string()))
+        .collect();
+    assert_eq!(got, want);
+
+    // Promoted: manifest, counter, latest artifacts.
+    let (version, records): (i64, i64) = sqlx::query_as(
+        "SELECT version, records FROM dataset_manifests WHERE bu_id = 'BU-1000' AND connector = 'sap_fbl3n'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((version, records), (gl_job, gl.lines.len() as i64));
+    assert_eq!(counter(&pool).await, 1);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(blobs.join("latest/BU-1000/sap_fbl3n/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["version"], gl_job);
+    assert_eq!(
+        std::fs::read(blobs.join("latest/BU-1000/sap_fbl3n/records.ndjson")).unwrap(),
+        std::fs::read(blobs.join(format!("runs/{gl_job}/records.ndjson"))).unwrap()
+    );
+
+    // Trial balance: parentheses negatives, blanks, booleans as cells and text.
+    let tb = samples::trial_balance(40);
+    let (status, body) = upload(
+        &app.client,
+        &base,
+        sample_file("trial_balance.xlsx"),
+        "tb.xlsx",
+        &[("bu_id", "BU-1000"), ("connector", "trial_balance")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let tb_job = body["job_id"].as_i64().unwrap();
+    assert_eq!(
+        wait_done(&app.client, &base, tb_job).await["state"],
+        "succeeded"
+    );
+    check_tb_docs(&sink_docs(&pool, tb_job).await, &tb.lines);
+    assert_eq!(counter(&pool).await, 2);
+
+    // A newer G/L upload supersedes the first; the cleaner removes the old version.
+    let (_, body) = upload(
+        &app.client,
+        &base,
+        gl.bytes.clone(),
+        "again.xlsx",
+        &[("bu_id", "BU-1000"), ("connector", "sap_fbl3n")],
+    )
+    .await;
+    let gl2 = body["job_id"].as_i64().unwrap();
+    let view = wait_done(&app.client, &base, gl2).await;
+    assert_eq!(view["checkpoint"]["promote"]["previous_version"], gl_job);
+    check_gl_docs(&sink_docs(&pool, gl2).await, &gl.lines);
+    assert_eq!(counter(&pool).await, 3);
+    wait_for(
+        Duration::from_secs(20),
+        "the superseded version to be deleted",
+        || async {
+            let left = sink_docs(&pool, gl_job).await.len();
+            let gone = !blobs
+                .join(format!("runs/{gl_job}"))
+                .join("records.ndjson")
+                .exists();
+            (left == 0 && gone).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        sink_docs(&pool, gl2).await.len(),
+        gl.lines.len(),
+        "the promoted version stays"
+    );
+
+    // Audit: the upload with its actor, each stage with the worker build that ran it.
+    let trail: Vec<(String, Option<String>, String, Option<String>)> = sqlx::query_as(
+        "SELECT action, stage, source, on_behalf_of FROM audit_trail WHERE job_id = $1 ORDER BY at",
+    )
+    .bind(gl_job)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let upload_row = trail
+        .iter()
+        .find(|t| t.0 == "upload")
+        .expect("upload audited");
+    assert!(upload_row.2.starts_with("etlq-api/"), "{trail:?}");
+    assert!(
+        trail
+            .iter()
+            .filter(|t| t.1.is_some())
+            .all(|t| t.2.starts_with("etlq-worker/")),
+        "{trail:?}"
+    );
+    let stages: Vec<&str> = trail
+        .iter()
+        .filter(|t| t.0 == "stage_completed")
+        .map(|t| t.1.as_deref().unwrap())
+        .collect();
+    assert_eq!(stages, ["extract", "sync", "verify", "promote"]);
+    assert!(
+        trail.iter().all(|t| t.3.as_deref() == Some("anonymous")),
+        "{trail:?}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
+    let app = spawn_app_on(std::sync::Arc::new(TestDb::new().await), Role::Api, |s| {
+        s.etl.max_upload_bytes = 32 * 1024;
+    })
+    .await;
+    let base = app.url("");
+    let gl = sample_file("sap_fbl3n.xlsx");
+    let ok = [("bu_id", "BU-1"), ("connector", "sap_fbl3n")];
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or_default().to_string();
+
+    let mut big = b"PK\x03\x04".to_vec();
+    big.resize(100 * 1024, b'x');
+    let (s, b) = upload(&app.client, &base, big, "big.xlsx", &ok).await;
+    assert_eq!((s, code(&b).as_str()), (413, "payload_too_large"), "{b}");
+
+    let (s, b) = upload(
+        &app.client,
+        &base,
+        gl.clone(),
+        "a.xlsx",
+        &[("bu_id", "BU-1"), ("connector", "oracle")],
+    )
+    .await;
+    assert_eq!((s, code(&b).as_str()), (422, "unknown_connector"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sap_fbl3n"),
+        "{b}"
+    );
+
+    let (s, b) = upload(
+        &app.client,
+        &base,
+        gl.clone(),
+        "a.xlsx",
+        &[("bu_id", "../etc"), ("connector", "sap_fbl3n")],
+    )
+    .await;
+    assert_eq!((s, code(&b).as_str()), (422, "invalid_bu_id"), "{b}");
+
+    let (s, b) = upload(
+        &app.client,
+        &base,
+        b"Posting Date;Amount\n1;2\n".to_vec(),
+        "gl.csv",
+        &ok,
+    )
+    .await;
+    assert_eq!((s, code(&b).as_str()), (422, "not_a_workbook"), "{b}");
+
+    let (s, b) = upload(&app.client, &base, Vec::new(), "empty.xlsx", &ok).await;
+    assert_eq!(s, 422, "{b}");
+    assert_eq!(b["error"]["message"], "the file is empty");
+
+    let form = reqwest::multipart::Form::new()
+        .text("bu_id", "BU-1")
+        .text("connector", "sap_fbl3n");
+    let r = app
+        .client
+        .post(format!("{base}/v1/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = app
+        .client
+        .post(format!("{base}/v1/uploads"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "not multipart");
+
+    // Fields after the file are checked too, and the stored file is removed again.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(gl.clone()).file_name("a.xlsx"),
+        )
+        .text("bu_id", "BU 1")
+        .text("connector", "sap_fbl3n");
+    let r = app
+        .client
+        .post(format!("{base}/v1/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+
+    let blobs = app.db.blob_dir();
+    let stored = || {
+        let dir = blobs.join("uploads");
+        let mut n = 0;
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    assert_eq!(stored(), 0, "refused uploads leave no blob");
+
+    // A hostile file name never becomes a path; the same idempotency key gives the same job.
+    let with_key = [
+        ("bu_id", "BU-1"),
+        ("connector", "sap_fbl3n"),
+        ("idempotency_key", "erp-2026-01"),
+    ];
+    let (s, first) = upload(
+        &app.client,
+        &base,
+        gl.clone(),
+        "../../../etc/passwd.xlsx",
+        &with_key,
+    )
+    .await;
+    assert_eq!(s, 202, "{first}");
+    let (s, second) = upload(&app.client, &base, gl.clone(), "x.xlsx", &with_key).await;
+    assert_eq!(s, 202);
+    assert_eq!(first["job_id"], second["job_id"]);
+    assert_eq!(
+        (first["created"].as_bool(), second["created"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(stored(), 1, "the duplicate upload's blob was removed");
+    let job = app
+        .store()
+        .get(first["job_id"].as_i64().unwrap())
+        .await
+        .unwrap();
+    let key = job.payload["source_blob"].as_str().unwrap();
+    assert!(
+        key.starts_with("uploads/") && key.ends_with(".xlsx") && !key.contains(".."),
+        "{key}"
+    );
+    assert_eq!(job.payload["file_name"], "../../../etc/passwd.xlsx");
+    assert_eq!(std::fs::read(blobs.join(key)).unwrap(), gl);
+
+    // POST /v1/jobs for a blob already in the store.
+    std::fs::create_dir_all(blobs.join("incoming")).unwrap();
+    std::fs::write(blobs.join("incoming/gl.xlsx"), &gl).unwrap();
+    std::fs::write(blobs.join("incoming/notes.txt"), "hello").unwrap();
+    let job = |src: &str| json!({"bu_id": "BU-1", "connector": "sap_fbl3n", "source_blob": src});
+    let (s, b) = app.post("/v1/jobs", job("incoming/gl.xlsx")).await;
+    assert_eq!(s, 202, "{b}");
+    for (src, status, c) in [
+        ("../incoming/gl.xlsx", 400, "bad_request"),
+        ("/etc/passwd", 400, "bad_request"),
+        ("incoming/missing.xlsx", 422, "source_blob_not_found"),
+        ("incoming/notes.txt", 422, "not_a_workbook"),
+    ] {
+        let (s, b) = app.post("/v1/jobs", job(src)).await;
+        assert_eq!((s, code(&b).as_str()), (status, c), "{src}: {b}");
+    }
+    let (s, b) = app
+        .post("/v1/jobs", json!({"bu_id": "BU-1", "connector": "sap_fbl3n", "source_blob": "incoming/gl.xlsx", "extra": 1}))
+        .await;
+    assert_eq!(s, 422, "{b}");
+    app.stop().await;
+}
+
+/// A workbook that inflates to ~1 MB of XML from a few KB.
+fn zip_bomb() -> Vec<u8> {
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    ws.set_name("GL").unwrap();
+    for r in 0..20_000 {
+        ws.write_string(r, 0, "same text in every row").unwrap();
+    }
+    wb.save_to_buffer().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_workbooks_fail_with_their_error_and_other_jobs_finish() {
+    let app = spawn_app_on(std::sync::Arc::new(TestDb::new().await), Role::Serve, |s| {
+        s.etl.max_inflated_bytes = 512 * 1024;
+    })
+    .await;
+    let blobs = app.db.blob_dir();
+    std::fs::create_dir_all(blobs.join("in")).unwrap();
+    let gl = sample_file("sap_fbl3n.xlsx");
+    let mut truncated = gl.clone();
+    truncated.truncate(gl.len() / 2);
+    let mut corrupt = gl.clone();
+    for b in corrupt.iter_mut().skip(100).step_by(7) {
+        *b = b.wrapping_add(101);
+    }
+    let mut renamed = rust_xlsxwriter::Workbook::new();
+    let ws = renamed.add_worksheet();
+    ws.set_name("GL").unwrap();
+    for (c, h) in [
+        "Company Code",
+        "G/L Account",
+        "Document Number",
+        "Line Item",
+        "Currency",
+    ]
+    .iter()
+    .enumerate()
+    {
+        ws.write_string(3, c as u16, *h).unwrap();
+    }
+    let encrypted = std::fs::read(format!(
+        "{}/tests/fixtures/encrypted.xlsx",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "truncated",
+            truncated,
+            "sap_fbl3n",
+            "the workbook is damaged or truncated",
+        ),
+        (
+            "corrupt",
+            corrupt,
+            "sap_fbl3n",
+            "the workbook is damaged or truncated",
+        ),
+        (
+            "encrypted",
+            encrypted,
+            "trial_balance",
+            "the workbook is password-protected (encrypted)",
+        ),
+        ("empty", Vec::new(), "sap_fbl3n", "the file is empty"),
+        (
+            "text",
+            b"not a workbook at all".to_vec(),
+            "sap_fbl3n",
+            "the file is not a workbook",
+        ),
+        (
+            "tb_as_gl",
+            sample_file("trial_balance.xlsx"),
+            "sap_fbl3n",
+            "sheet \"GL\" not found; the workbook has [\"TB\"]",
+        ),
+        (
+            "renamed",
+            renamed.save_to_buffer().unwrap(),
+            "sap_fbl3n",
+            "header row not found in sheet \"GL\": missing \"Posting Date\", \"Amount in LC\" in the first 20 rows",
+        ),
+        ("bomb", zip_bomb(), "sap_fbl3n", "(possible zip bomb)"),
+    ];
+    // Enqueued straight into the store: the worker must hold up even when the API's own
+    // checks are bypassed (a blob replaced after the upload, another producer).
+    let mut jobs = Vec::new();
+    for (name, bytes, connector, _) in &cases {
+        std::fs::write(blobs.join(format!("in/{name}.xlsx")), bytes).unwrap();
+        let payload = json!({"bu_id": "BU-9", "connector": connector, "source_blob": format!("in/{name}.xlsx")});
+        jobs.push(app.enqueue("etl", payload).await);
+    }
+    let (s, good) = upload(
+        &app.client,
+        &app.url(""),
+        gl,
+        "ok.xlsx",
+        &[("bu_id", "BU-9"), ("connector", "sap_fbl3n")],
+    )
+    .await;
+    assert_eq!(s, 202);
+    let good = good["job_id"].as_i64().unwrap();
+    for (id, (name, _, _, want)) in jobs.iter().zip(&cases) {
+        let v = wait_done(&app.client, &app.url(""), *id).await;
+        assert_eq!(v["state"], "dead", "{name}: {v}");
+        assert_eq!(v["attempts"], 1, "{name}: not retried");
+        let err = v["last_error"].as_str().unwrap();
+        assert!(err.starts_with("extract: "), "{name}: {err}");
+        assert!(
+            err.contains(want),
+            "{name}: {err:?} should contain {want:?}"
+        );
+        let dl: (String, String) =
+            sqlx::query_as("SELECT failed_stage, reason FROM dead_letters WHERE job_id = $1")
+                .bind(id)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(dl.0, "extract");
+    }
+    let v = wait_done(&app.client, &app.url(""), good).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(counter(&app.db.pool).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_source_blob_is_fatal_and_a_broken_sink_is_retried() {
+    let app = spawn_app_on(
+        std::sync::Arc::new(TestDb::new().await),
+        Role::Serve,
+        |_| {},
+    )
+    .await;
+    let id = app
+        .enqueue(
+            "etl",
+            json!({"bu_id": "B", "connector": "trial_balance", "source_blob": "nowhere/x.xlsx"}),
+        )
+        .await;
+    let v = wait_done(&app.client, &app.url(""), id).await;
+    assert_eq!(v["state"], "dead");
+    assert!(
+        v["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere/x.xlsx not found"),
+        "{v}"
+    );
+
+    // The sink table refuses writes for a while: sync is retried with backoff, then succeeds.
+    sqlx::query(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING ERRCODE = '53300', MESSAGE = 'sink overloaded'; END $$",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    sqlx::query("CREATE TRIGGER refuse BEFORE INSERT ON sink_documents FOR EACH STATEMENT EXECUTE FUNCTION refuse()")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let (_, b) = upload(
+        &app.client,
+        &app.url(""),
+        sample_file("trial_balance.xlsx"),
+        "tb.xlsx",
+        &[("bu_id", "B"), ("connector", "trial_balance")],
+    )
+    .await;
+    let id = b["job_id"].as_i64().unwrap();
+    wait_for(Duration::from_secs(20), "a sync retry", || async {
+        let job = app.store().get(id).await.ok()?;
+        (job.attempts >= 2).then_some(())
+    })
+    .await;
+    let job = app.store().get(id).await.unwrap();
+    assert!(
+        job.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("sync: sink unavailable"),
+        "{:?}",
+        job.last_error
+    );
+    sqlx::query("DROP TRIGGER refuse ON sink_documents")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    require_state(&app.store(), id, JobState::Succeeded, JOB_TIMEOUT).await;
+    check_tb_docs(
+        &sink_docs(&app.db.pool, id).await,
+        &samples::trial_balance(40).lines,
+    );
+    let extracts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM job_events WHERE job_id = $1 AND event = 'stage_completed' AND stage = 'extract'",
+    )
+    .bind(id)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(extracts, 1, "retries resume at the checkpoint");
+    app.stop().await;
+}
