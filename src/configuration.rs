@@ -69,6 +69,9 @@ pub struct EtlSettings {
     /// so a test can kill the process inside the stage. 0 in production.
     #[serde(default)]
     pub pause_in_stage_ms: u64,
+    /// Only this stage pauses (empty: every stage).
+    #[serde(default)]
+    pub pause_stage: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -124,7 +124,8 @@ impl Etl {
     /// Fault-injection point for tests (`etl.pause_in_stage_ms`); free when it is 0.
     async fn pause(&self, ctx: &StageContext) -> Result<(), StageError> {
         let ms = self.settings.pause_in_stage_ms;
-        if ms == 0 {
+        let only = &self.settings.pause_stage;
+        if ms == 0 || !(only.is_empty() || only.as_str() == &*ctx.stage) {
             return Ok(());
         }
         tracing::info!(stage = %ctx.stage, ms, "pausing inside the stage (etl.pause_in_stage_ms)");
