@@ -704,3 +704,105 @@ async fn a_missing_source_blob_is_fatal_and_a_broken_sink_is_retried() {
     assert_eq!(extracts, 1, "retries resume at the checkpoint");
     app.stop().await;
 }
+
+/// The same pipeline with Azure Blob Storage (Azurite, started by `scripts/test`) as the blob
+/// store; the container does not exist beforehand, so startup must create it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_runs_on_azure_blob_storage() {
+    let endpoint = std::env::var("ETLQ_TEST_AZURITE").expect(
+        "ETLQ_TEST_AZURITE is not set: run scripts/test, which starts Azurite, or point it at one \
+         (e.g. http://127.0.0.1:10000/devstoreaccount1)",
+    );
+    let container = format!("etlq-{}", uuid::Uuid::new_v4().simple());
+    let blob = etlq::configuration::BlobSettings {
+        url: format!("az://{container}/tenant-a"),
+        azure: etlq::configuration::AzureSettings {
+            use_emulator: true,
+            endpoint: endpoint.clone(),
+            ..Default::default()
+        },
+    };
+    let settings = blob.clone();
+    let app = spawn_app_on(
+        std::sync::Arc::new(TestDb::new().await),
+        Role::Serve,
+        move |s| {
+            s.blob = settings;
+        },
+    )
+    .await;
+    let base = app.url("");
+    let gl = samples::gl_export(120, 2);
+    let (status, body) = upload(
+        &app.client,
+        &base,
+        sample_file("sap_fbl3n.xlsx"),
+        "gl.xlsx",
+        &[("bu_id", "BU-AZ"), ("connector", "sap_fbl3n")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["job_id"].as_i64().unwrap();
+    let view = wait_done(&app.client, &base, id).await;
+    assert_eq!(view["state"], "succeeded", "{view}");
+    check_gl_docs(&sink_docs(&app.db.pool, id).await, &gl.lines);
+
+    // What landed in the container, read back through a second client.
+    let store = etlq::storage::BlobStore::open(&blob).await.unwrap();
+    let keys = store.list("").await.unwrap();
+    let source = view["payload"]["source_blob"].as_str().unwrap();
+    for want in [
+        source.to_string(),
+        format!("runs/{id}/records.ndjson"),
+        format!("runs/{id}/rejected.ndjson"),
+        format!("runs/{id}/report.json"),
+        "latest/BU-AZ/sap_fbl3n/records.ndjson".into(),
+        "latest/BU-AZ/sap_fbl3n/manifest.json".into(),
+    ] {
+        assert!(keys.contains(&want), "{want} missing from {keys:?}");
+    }
+    let manifest: Value = serde_json::from_slice(
+        &store
+            .get("latest/BU-AZ/sap_fbl3n/manifest.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["version"], id);
+
+    // A blob put there by another producer, enqueued with POST /v1/jobs; and a damaged one.
+    store
+        .put("incoming/tb.xlsx", sample_file("trial_balance.xlsx"))
+        .await
+        .unwrap();
+    let mut broken = sample_file("trial_balance.xlsx");
+    broken.truncate(3000);
+    store.put("incoming/broken.xlsx", broken).await.unwrap();
+    let mut ids = Vec::new();
+    for src in ["incoming/tb.xlsx", "incoming/broken.xlsx"] {
+        let (s, b) = app
+            .post(
+                "/v1/jobs",
+                json!({"bu_id": "BU-AZ", "connector": "trial_balance", "source_blob": src}),
+            )
+            .await;
+        assert_eq!(s, 202, "{b}");
+        ids.push(b["job_id"].as_i64().unwrap());
+    }
+    let tb = wait_done(&app.client, &base, ids[0]).await;
+    assert_eq!(tb["state"], "succeeded", "{tb}");
+    check_tb_docs(
+        &sink_docs(&app.db.pool, ids[0]).await,
+        &samples::trial_balance(40).lines,
+    );
+    let broken = wait_done(&app.client, &base, ids[1]).await;
+    assert_eq!(broken["state"], "dead");
+    assert!(
+        broken["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("damaged or truncated"),
+        "{broken}"
+    );
+    app.stop().await;
+}

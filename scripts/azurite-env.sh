@@ -1,0 +1,50 @@
+# Sourced by scripts/test: makes sure an Azurite blob endpoint is reachable for the Azure
+# tests and exports ETLQ_TEST_AZURITE (the blob endpoint URL). Order: $ETLQ_TEST_AZURITE as
+# given; else an Azurite already on 127.0.0.1:10000; else Azurite from npm (installed once into
+# $ETLQ_CACHE, default ~/.cache/etlq) started on a free loopback port, in memory, and stopped
+# when the calling script exits.
+
+AZURITE_VERSION=${AZURITE_VERSION:-3.37.0}
+
+_az_log() { printf 'azurite-env: %s\n' "$*" >&2; }
+_az_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+ensure_azurite() {
+    if [ -n "${ETLQ_TEST_AZURITE:-}" ]; then
+        return 0
+    fi
+    if _az_port_open 10000; then
+        export ETLQ_TEST_AZURITE=http://127.0.0.1:10000/devstoreaccount1
+        _az_log "using the Azurite already on 127.0.0.1:10000"
+        return 0
+    fi
+    local cache=${ETLQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/etlq}
+    local bin="$cache/azurite-$AZURITE_VERSION/node_modules/.bin/azurite-blob"
+    if [ ! -x "$bin" ]; then
+        command -v npm >/dev/null 2>&1 || { _az_log "npm not found: install Node.js 20+"; return 1; }
+        _az_log "installing azurite@$AZURITE_VERSION from npm"
+        npm install --silent --no-audit --no-fund --prefix "$cache/azurite-$AZURITE_VERSION" \
+            "azurite@$AZURITE_VERSION" >&2
+    fi
+    local port
+    for port in $(seq 10100 10199); do _az_port_open "$port" || break; done
+    local log
+    log=$(mktemp -t etlq-azurite.XXXXXX)
+    "$bin" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence --skipApiVersionCheck \
+        --silent >"$log" 2>&1 &
+    _AZURITE_PID=$!
+    local i
+    for i in $(seq 1 100); do
+        _az_port_open "$port" && break
+        kill -0 "$_AZURITE_PID" 2>/dev/null || { cat "$log" >&2; _az_log "Azurite exited"; return 1; }
+        sleep 0.2
+    done
+    _az_port_open "$port" || { _az_log "Azurite did not answer on port $port"; return 1; }
+    export ETLQ_TEST_AZURITE=http://127.0.0.1:$port/devstoreaccount1
+    _az_log "started Azurite $AZURITE_VERSION on 127.0.0.1:$port (pid $_AZURITE_PID)"
+}
+
+stop_azurite() {
+    # Azurite can take ~20 s to exit on SIGTERM; in-memory persistence makes SIGKILL safe.
+    [ -n "${_AZURITE_PID:-}" ] && kill -9 "$_AZURITE_PID" 2>/dev/null || true
+}
