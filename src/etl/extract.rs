@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::coerce::Cell;
 use super::coerce::Value;
-use super::connector::{Connector, ConnectorError, Rejection, RowOutcome};
+use super::connector::{Connector, ConnectorError, HeaderRef, Rejection, RowOutcome};
 use super::workbook::Grid;
 
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
@@ -64,31 +65,80 @@ pub fn extract(connector: &Connector, grid: &Grid) -> Result<Extracted, Connecto
     })
 }
 
-/// Extracts every data row below the header, handing each record (with its 1-based row) to
-/// `on_record` as it is mapped, so nothing but the rejected rows is held. Fails (a layout
-/// error: the job must not be retried) when the header is missing or more rows are rejected
-/// than the connector allows.
+/// [`extract_stream`] over a grid already in memory.
 pub fn extract_with(
     connector: &Connector,
     grid: &Grid,
+    on_record: impl FnMut(usize, BTreeMap<String, Value>) -> Verdict,
+) -> Result<Streamed, ConnectorError> {
+    let rows = grid
+        .rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(i, r)| (i, r.clone()));
+    extract_stream(connector, &grid.sheet, rows, on_record)
+}
+
+/// Extracts every data row below the header from `rows` ((0-based index, cells), in order;
+/// rows absent from the iterator are blank), handing each record with its 1-based row to
+/// `on_record` as it is mapped, so nothing but the rejected rows is held. Fails (a layout
+/// error: the job must not be retried) when the header is missing or more rows are rejected
+/// than the connector allows.
+pub fn extract_stream(
+    connector: &Connector,
+    sheet: &str,
+    rows: impl Iterator<Item = (usize, Vec<Cell>)>,
     mut on_record: impl FnMut(usize, BTreeMap<String, Value>) -> Verdict,
 ) -> Result<Streamed, ConnectorError> {
-    let header = connector.locate_header(&grid.sheet, &grid.rows)?;
+    // The header is looked for in the first rows only; buffer just those.
+    let scope = match connector.spec.header {
+        HeaderRef::Row(r) => r.max(connector.spec.header_search_rows),
+        HeaderRef::Auto(_) => connector.spec.header_search_rows,
+    };
+    let mut rows = rows.peekable();
+    let mut head: Vec<Vec<Cell>> = Vec::new();
+    while let Some((i, _)) = rows.peek() {
+        if *i >= scope {
+            break;
+        }
+        let (i, row) = rows.next().expect("peeked");
+        head.resize(i, Vec::new());
+        head.push(row);
+    }
+    let header = connector.locate_header(sheet, &head)?;
+    let body = head
+        .into_iter()
+        .enumerate()
+        .skip(header.row + 1)
+        .filter(|(_, r)| !r.is_empty())
+        .chain(rows);
+
     let mut rejected = Vec::new();
     let (mut records, mut skipped, mut rejected_rows) = (0, 0, 0);
-    let body = grid.rows.iter().enumerate().skip(header.row + 1);
-    let data_rows = grid.rows.len().saturating_sub(header.row + 1);
     let mut reject = |r: usize, why: Vec<Rejection>| {
         rejected.extend(why.into_iter().map(|w| RejectedRow {
-            sheet: grid.sheet.clone(),
+            sheet: sheet.to_string(),
             row: r + 1,
             column: w.column,
             value: w.value,
             reason: w.reason,
         }));
     };
+    let mut last = header.row;
     for (r, row) in body {
-        match connector.map_row(&header, row) {
+        // Rows between two read rows hold no cell: they are blank rows.
+        for gap in last + 1..r {
+            match connector.map_row(&header, &[]) {
+                RowOutcome::Rejected(why) => {
+                    rejected_rows += 1;
+                    reject(gap, why);
+                }
+                _ => skipped += 1,
+            }
+        }
+        last = r;
+        match connector.map_row(&header, &row) {
             RowOutcome::Record(rec) => match on_record(r + 1, rec) {
                 Verdict::Keep => records += 1,
                 Verdict::Reject(why) => {
@@ -104,6 +154,7 @@ pub fn extract_with(
             }
         }
     }
+    let data_rows = last - header.row;
     let considered = records + rejected_rows;
     let limit = connector.spec.max_rejected_ratio;
     if considered > 0 && rejected_rows as f64 / considered as f64 > limit {
@@ -112,8 +163,7 @@ pub fn extract_with(
             .map(|r| format!("; first: row {} column {:?}: {}", r.row, r.column, r.reason))
             .unwrap_or_default();
         return Err(ConnectorError::Layout(format!(
-            "{rejected_rows} of {considered} rows in sheet {:?} were rejected, more than the connector {} allows ({:.1}%){first}",
-            grid.sheet,
+            "{rejected_rows} of {considered} rows in sheet {sheet:?} were rejected, more than the connector {} allows ({:.1}%){first}",
             connector.name,
             limit * 100.0
         )));
@@ -121,7 +171,7 @@ pub fn extract_with(
     Ok(Some((
         rejected,
         Report {
-            sheet: grid.sheet.clone(),
+            sheet: sheet.to_string(),
             header_row: header.row + 1,
             data_rows,
             records,

@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::artifact::{self, MANIFEST, RECORDS, REJECTED, REPORT};
+use super::coerce::{Cell, Value as CellValue};
 use super::connector::{Connector, Rejection};
-use super::extract::{Report, Verdict, extract_with};
-use super::workbook::read_sheet;
+use super::extract::{RejectedRow, Report, Verdict, extract_stream};
+use super::workbook::open_sheet;
 use crate::configuration::EtlSettings;
 use crate::pipeline::{JobKind, Stage, StageContext, StageError};
 use crate::sink::{Dataset, DocumentSink, SinkError};
@@ -24,6 +25,8 @@ use crate::storage::{BlobStore, StorageError};
 
 pub const ETL_KIND: &str = "etl";
 pub const ETL_STAGES: [&str; 4] = ["extract", "sync", "verify", "promote"];
+/// Rows handed from the parsing thread to the mapping thread at a time.
+const ROW_BATCH: usize = 1024;
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// What the ETL stages share: the stores, the sink and the connectors.
@@ -227,6 +230,93 @@ fn spawn_progress(
     done.drop_guard()
 }
 
+/// The records artifact (NDJSON), its checksum, the rejected rows and the report.
+pub struct ExtractedArtifact {
+    pub records: Vec<u8>,
+    pub checksum: i128,
+    pub rejected: Vec<RejectedRow>,
+    pub report: Report,
+}
+
+/// The CPU half of extract (blocking): parses the workbook and writes the records artifact.
+/// Duplicate keys are rejected rows. `None` when `cancelled` turned true midway.
+pub fn extract_artifact(
+    connector: &Connector,
+    source: Vec<u8>,
+    bu_id: &str,
+    max_inflated_bytes: u64,
+    rows_read: &AtomicUsize,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<ExtractedArtifact>, StageError> {
+    let sheet = open_sheet(source, &connector.spec.sheet, max_inflated_bytes)
+        .map_err(|e| StageError::Fatal(e.to_string()))?;
+    let name = sheet.name.clone();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut checksum: i128 = 0;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let key_headers: Vec<&str> = connector
+        .spec
+        .columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| c.header.as_str())
+        .collect();
+    let on_record = |row: usize, rec: BTreeMap<String, CellValue>| {
+        if row.is_multiple_of(1024) {
+            if cancelled() {
+                return Verdict::Stop;
+            }
+            rows_read.store(row, Ordering::Relaxed);
+        }
+        let key = connector.key_of(&rec);
+        let id = artifact::doc_id(bu_id, &connector.name, &key);
+        if let Some(first) = seen.get(&id) {
+            return Verdict::Reject(Rejection {
+                column: key_headers.join(", "),
+                value: serde_json::to_string(&key).unwrap_or_default(),
+                reason: format!("duplicate key: row {first} has the same"),
+            });
+        }
+        checksum += i128::from(artifact::write_line(&mut out, &id, row, &rec));
+        seen.insert(id, row);
+        Verdict::Keep
+    };
+    // Two threads: one parses the sheet (streaming), this one maps, types and serialises.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, Vec<Cell>)>>(8);
+    let (parsed, streamed) = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            let mut batch = Vec::with_capacity(ROW_BATCH);
+            let r = sheet.for_each_row(|i, row| {
+                batch.push((i, row));
+                if batch.len() == ROW_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(ROW_BATCH));
+                    // A closed channel means the consumer stopped: stop reading.
+                    return tx.send(full).is_ok();
+                }
+                true
+            });
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            r
+        });
+        let streamed = extract_stream(connector, &name, rx.iter().flatten(), on_record);
+        drop(rx);
+        (producer.join(), streamed)
+    });
+    // A parse error midway ends the row stream early: it wins over whatever was extracted.
+    parsed
+        .map_err(|_| StageError::Retryable("the workbook reader panicked".into()))?
+        .map_err(|e| StageError::Fatal(e.to_string()))?;
+    let streamed = streamed.map_err(|e| StageError::Fatal(e.to_string()))?;
+    Ok(streamed.map(|(rejected, report)| ExtractedArtifact {
+        records: out,
+        checksum,
+        rejected,
+        report,
+    }))
+}
+
 async fn extract(etl: &Arc<Etl>, ctx: &StageContext, p: &EtlPayload) -> Result<Value, StageError> {
     let connector = etl
         .connector(&p.connector)
@@ -246,46 +336,24 @@ async fn extract(etl: &Arc<Etl>, ctx: &StageContext, p: &EtlPayload) -> Result<V
         ctx.cancel.clone(),
     );
     let parsed = tokio::task::spawn_blocking(move || {
-        let grid = read_sheet(source.to_vec(), &connector.spec.sheet, limit)
-            .map_err(|e| StageError::Fatal(e.to_string()))?;
-        drop(source);
-        let mut out = Vec::with_capacity(grid.rows.len() * 256);
-        let mut hashes: i128 = 0;
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        let key_headers: Vec<&str> = connector
-            .spec
-            .columns
-            .iter()
-            .filter(|c| c.key)
-            .map(|c| c.header.as_str())
-            .collect();
-        let streamed = extract_with(&connector, &grid, |row, rec| {
-            if row % 1024 == 0 {
-                if cancel.is_cancelled() {
-                    return Verdict::Stop;
-                }
-                rows_read.store(row, Ordering::Relaxed);
-            }
-            let key = connector.key_of(&rec);
-            let id = artifact::doc_id(&bu_id, &connector.name, &key);
-            if let Some(first) = seen.get(&id) {
-                let value = serde_json::to_string(&key).unwrap_or_default();
-                return Verdict::Reject(Rejection {
-                    column: key_headers.join(", "),
-                    value,
-                    reason: format!("duplicate key: row {first} has the same"),
-                });
-            }
-            hashes += i128::from(artifact::write_line(&mut out, &id, row, &rec));
-            seen.insert(id, row);
-            Verdict::Keep
-        })
-        .map_err(|e| StageError::Fatal(e.to_string()))?;
-        Ok::<_, StageError>(streamed.map(|(rejected, report)| (out, hashes, rejected, report)))
+        extract_artifact(
+            &connector,
+            source.to_vec(),
+            &bu_id,
+            limit,
+            &rows_read,
+            &|| cancel.is_cancelled(),
+        )
     })
     .await
     .map_err(|e| StageError::Retryable(format!("extract task failed: {e}")))??;
-    let Some((records, checksum, rejected, report)) = parsed else {
+    let Some(ExtractedArtifact {
+        records,
+        checksum,
+        rejected,
+        report,
+    }) = parsed
+    else {
         return Err(StageError::Cancelled);
     };
 

@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use calamine::{Data, Reader, open_workbook_auto_from_rs};
+use calamine::{Data, DataRef, Reader, Sheets, open_workbook_auto_from_rs};
 
 use super::coerce::Cell;
 use super::connector::SheetRef;
@@ -96,13 +96,19 @@ fn cell(d: &Data) -> Cell {
     }
 }
 
-/// Reads the sheet `which` of the workbook in `bytes`; zip-based formats may inflate to at most
+/// An opened sheet, ready to be read row by row (streaming where the format allows).
+pub struct SheetReader {
+    wb: Sheets<Cursor<Vec<u8>>>,
+    pub name: String,
+}
+
+/// Opens the sheet `which` of the workbook in `bytes`; zip-based formats may inflate to at most
 /// `max_inflated_bytes` in all.
-pub fn read_sheet(
+pub fn open_sheet(
     bytes: Vec<u8>,
     which: &SheetRef,
     max_inflated_bytes: u64,
-) -> Result<Grid, WorkbookError> {
+) -> Result<SheetReader, WorkbookError> {
     sniff(&bytes)?;
     if is_encrypted_container(&bytes) {
         return Err(WorkbookError::Encrypted);
@@ -110,7 +116,7 @@ pub fn read_sheet(
     if bytes.starts_with(ZIP_MAGIC) {
         check_inflated_size(&bytes, max_inflated_bytes)?;
     }
-    let mut wb = open_workbook_auto_from_rs(Cursor::new(bytes))
+    let wb = open_workbook_auto_from_rs(Cursor::new(bytes))
         .map_err(|e| WorkbookError::Corrupt(e.to_string()))?;
     let names = wb.sheet_names();
     let name = match which {
@@ -133,17 +139,99 @@ pub fn read_sheet(
             },
         });
     };
-    let range = wb
-        .worksheet_range(&name)
-        .map_err(|e| WorkbookError::Corrupt(e.to_string()))?;
-    let (row0, col0) = range.start().unwrap_or((0, 0));
-    let mut rows: Vec<Vec<Cell>> = vec![Vec::new(); row0 as usize];
-    for r in range.rows() {
-        let mut out = vec![Cell::Empty; col0 as usize];
-        out.extend(r.iter().map(cell));
-        rows.push(out);
+    Ok(SheetReader { wb, name })
+}
+
+impl SheetReader {
+    /// Calls `on_row(index, cells)` for every row holding a cell, in order (0-based index;
+    /// `cells[c]` is column `c`). xlsx is streamed cell by cell without building the sheet in
+    /// memory; the other formats are read whole by calamine first. `on_row` returns false to
+    /// stop early.
+    pub fn for_each_row(
+        mut self,
+        mut on_row: impl FnMut(usize, Vec<Cell>) -> bool,
+    ) -> Result<(), WorkbookError> {
+        let corrupt = |e: &dyn std::fmt::Display| WorkbookError::Corrupt(e.to_string());
+        if let Sheets::Xlsx(x) = &mut self.wb {
+            let mut cells = x
+                .worksheet_cells_reader(&self.name)
+                .map_err(|e| corrupt(&e))?;
+            let mut current: Option<(u32, Vec<Cell>)> = None;
+            while let Some(c) = cells.next_cell().map_err(|e| corrupt(&e))? {
+                let (r, col) = c.get_position();
+                if current.as_ref().is_some_and(|(cr, _)| *cr != r) {
+                    let (cr, row) = current.take().expect("checked");
+                    if !on_row(cr as usize, row) {
+                        return Ok(());
+                    }
+                }
+                let row = &mut current.get_or_insert_with(|| (r, Vec::with_capacity(16))).1;
+                let col = col as usize;
+                if row.len() < col {
+                    row.resize(col, Cell::Empty);
+                }
+                let value = cell_ref(c.get_value());
+                if row.len() == col {
+                    row.push(value);
+                } else {
+                    row[col] = value;
+                }
+            }
+            if let Some((r, row)) = current {
+                on_row(r as usize, row);
+            }
+            return Ok(());
+        }
+        let range = self
+            .wb
+            .worksheet_range(&self.name)
+            .map_err(|e| corrupt(&e))?;
+        let (row0, col0) = range.start().unwrap_or((0, 0));
+        for (i, r) in range.rows().enumerate() {
+            if r.iter().all(|d| matches!(d, Data::Empty)) {
+                continue;
+            }
+            let mut out = vec![Cell::Empty; col0 as usize];
+            out.extend(r.iter().map(cell));
+            if !on_row(row0 as usize + i, out) {
+                break;
+            }
+        }
+        Ok(())
     }
-    Ok(Grid { sheet: name, rows })
+}
+
+fn cell_ref(d: &DataRef<'_>) -> Cell {
+    match d {
+        DataRef::SharedString(s) => Cell::Text((*s).to_string()),
+        DataRef::String(s) => Cell::Text(s.clone()),
+        DataRef::Empty => Cell::Empty,
+        DataRef::Int(i) => Cell::Int(*i),
+        DataRef::Float(f) => Cell::Float(*f),
+        DataRef::Bool(b) => Cell::Bool(*b),
+        DataRef::DateTime(dt) if dt.is_datetime() => Cell::Serial(dt.as_f64()),
+        DataRef::DateTime(dt) => Cell::Float(dt.as_f64()),
+        DataRef::DateTimeIso(s) => Cell::Iso(s.clone()),
+        DataRef::DurationIso(s) => Cell::Text(s.clone()),
+        DataRef::Error(e) => Cell::Error(e.to_string()),
+    }
+}
+
+/// Reads the sheet `which` whole into a grid (small files and tests; the pipeline streams).
+pub fn read_sheet(
+    bytes: Vec<u8>,
+    which: &SheetRef,
+    max_inflated_bytes: u64,
+) -> Result<Grid, WorkbookError> {
+    let reader = open_sheet(bytes, which, max_inflated_bytes)?;
+    let sheet = reader.name.clone();
+    let mut rows: Vec<Vec<Cell>> = Vec::new();
+    reader.for_each_row(|i, row| {
+        rows.resize(i, Vec::new());
+        rows.push(row);
+        true
+    })?;
+    Ok(Grid { sheet, rows })
 }
 
 #[cfg(test)]
