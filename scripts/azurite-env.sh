@@ -33,6 +33,7 @@ ensure_azurite() {
     "$bin" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence --skipApiVersionCheck \
         --silent >"$log" 2>&1 &
     _AZURITE_PID=$!
+    disown "$_AZURITE_PID" 2>/dev/null || true # no "Killed" notice when stop_azurite ends it
     local i
     for i in $(seq 1 100); do
         _az_port_open "$port" && break
