@@ -46,11 +46,12 @@ pub async fn create(
         // Same checks as the ETL form, so a bad payload never reaches a worker.
         let p: EtlPayload = serde_json::from_value(new.payload.clone())
             .map_err(|e| ApiError::unprocessable(format!("etl payload: {e}")))?;
-        let req = serde_json::from_value(json!({
-            "bu_id": p.bu_id, "connector": p.connector, "source_blob": p.source_blob,
-            "idempotency_key": new.idempotency_key,
-        }))
-        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        let req = uploads::BlobJob {
+            bu_id: p.bu_id,
+            connector: p.connector,
+            source_blob: p.source_blob,
+            idempotency_key: new.idempotency_key,
+        };
         return uploads::create_from_blob(&state, &caller, req).await;
     }
     let enq = state.store.enqueue(&new).await?;

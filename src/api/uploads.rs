@@ -290,11 +290,11 @@ async fn enqueue(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobJob {
-    bu_id: String,
-    connector: String,
-    source_blob: String,
+    pub bu_id: String,
+    pub connector: String,
+    pub source_blob: String,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 pub async fn create_from_blob(

@@ -338,7 +338,7 @@ async fn extract(etl: &Arc<Etl>, ctx: &StageContext, p: &EtlPayload) -> Result<V
     let parsed = tokio::task::spawn_blocking(move || {
         extract_artifact(
             &connector,
-            source.to_vec(),
+            source.into(),
             &bu_id,
             limit,
             &rows_read,
@@ -366,15 +366,11 @@ async fn extract(etl: &Arc<Etl>, ctx: &StageContext, p: &EtlPayload) -> Result<V
     .into_iter()
     .map(|(k, f)| (k.to_string(), format!("{prefix}/{f}")))
     .collect();
-    let put = |key: &str, bytes: Vec<u8>| {
-        let blobs = etl.blobs.clone();
-        let key = key.to_string();
-        async move {
-            blobs
-                .put(&key, bytes)
-                .await
-                .map_err(|e| blob_error("writing artifacts", e))
-        }
+    let put = async |key: &str, bytes: Vec<u8>| {
+        etl.blobs
+            .put(key, bytes)
+            .await
+            .map_err(|e| blob_error("writing artifacts", e))
     };
     put(&keys["records"], records).await?;
     etl.pause(ctx).await?;
@@ -508,17 +504,7 @@ async fn promote(etl: &Arc<Etl>, ctx: &StageContext, p: &EtlPayload) -> Result<V
 
     let (outcome, counter) = if current.is_some_and(|v| v > ctx.job_id) {
         let newer = current.expect("checked");
-        sqlx::query(
-            "INSERT INTO superseded_versions (version, bu_id, connector, superseded_by)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
-        )
-        .bind(ctx.job_id)
-        .bind(&p.bu_id)
-        .bind(&p.connector)
-        .bind(newer)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+        supersede(&mut tx, ctx.job_id, p, newer).await.map_err(db)?;
         let counter: i64 = sqlx::query_scalar("SELECT counter FROM cache_manifest")
             .fetch_one(&mut *tx)
             .await
@@ -563,17 +549,7 @@ async fn promote(etl: &Arc<Etl>, ctx: &StageContext, p: &EtlPayload) -> Result<V
         .await
         .map_err(db)?;
         if let Some(prev) = current.filter(|v| *v != ctx.job_id) {
-            sqlx::query(
-                "INSERT INTO superseded_versions (version, bu_id, connector, superseded_by)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
-            )
-            .bind(prev)
-            .bind(&p.bu_id)
-            .bind(&p.connector)
-            .bind(ctx.job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            supersede(&mut tx, prev, p, ctx.job_id).await.map_err(db)?;
         }
         let counter: i64 = sqlx::query_scalar(
             "UPDATE cache_manifest SET counter = counter + 1, updated_at = now() RETURNING counter",
@@ -599,6 +575,26 @@ async fn promote(etl: &Arc<Etl>, ctx: &StageContext, p: &EtlPayload) -> Result<V
     tx.commit().await.map_err(db)?;
     tracing::info!(outcome, counter, previous = ?current, "promotion committed");
     Ok(promote_output(outcome, current, counter, p, false))
+}
+
+/// Schedules `version` of the payload's dataset for cleanup, replaced by `by`.
+async fn supersede(
+    tx: &mut sqlx::PgConnection,
+    version: i64,
+    p: &EtlPayload,
+    by: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO superseded_versions (version, bu_id, connector, superseded_by)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(version)
+    .bind(&p.bu_id)
+    .bind(&p.connector)
+    .bind(by)
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 fn promote_output(

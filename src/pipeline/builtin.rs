@@ -80,7 +80,7 @@ async fn test_stage(ctx: StageContext) -> Result<Value, StageError> {
         .bind(ctx.worker_id.as_ref())
         .bind(std::process::id() as i32)
         .bind(started_at)
-        .execute(&ctx.pool)
+        .execute(ctx.pool())
         .await
         .map_err(|e| StageError::Retryable(format!("recording the run: {e}")))?;
     }

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use sqlx::PgPool;
+
+use crate::queue::JobStore;
 use tokio_util::sync::CancellationToken;
 
 pub use builtin::{NOOP_KIND, TEST_KIND, register_builtin};
@@ -42,7 +44,7 @@ pub struct StageContext {
     pub worker_id: Arc<str>,
     /// This run's fencing token (progress writes carry it).
     pub fencing_token: i64,
-    pub pool: PgPool,
+    pub store: JobStore,
 }
 
 impl StageContext {
@@ -51,17 +53,17 @@ impl StageContext {
         self.checkpoint.get(stage)
     }
 
+    pub fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
     /// Shows how far the running stage got in `GET /v1/jobs/{id}`. Best effort: fenced, and a
     /// failed write is only logged (progress is not state).
     pub async fn report_progress(&self, progress: &Value) {
-        let r = sqlx::query(
-            "UPDATE jobs SET progress = $3 WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
-        )
-        .bind(self.job_id)
-        .bind(self.fencing_token)
-        .bind(progress)
-        .execute(&self.pool)
-        .await;
+        let r = self
+            .store
+            .set_progress(self.job_id, self.fencing_token, progress)
+            .await;
         if let Err(e) = r {
             tracing::debug!(error = %e, "progress not recorded");
         }

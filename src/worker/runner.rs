@@ -125,7 +125,7 @@ async fn run_stages(
             cancel: cancel.clone(),
             worker_id: worker_id.clone(),
             fencing_token: job.fencing_token,
-            pool: s.store.pool().clone(),
+            store: s.store.clone(),
         };
         let started = Instant::now();
         let run = AssertUnwindSafe(stage.run(ctx)).catch_unwind();

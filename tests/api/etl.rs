@@ -42,6 +42,20 @@ pub async fn upload(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Uploads a workbook that must be accepted; returns its job id.
+pub async fn upload_ok(
+    client: &reqwest::Client,
+    base: &str,
+    bytes: Vec<u8>,
+    bu_id: &str,
+    connector: &str,
+) -> i64 {
+    let fields = [("bu_id", bu_id), ("connector", connector)];
+    let (status, body) = upload(client, base, bytes, "upload.xlsx", &fields).await;
+    assert_eq!(status, 202, "{body}");
+    body["job_id"].as_i64().unwrap()
+}
+
 pub fn sample_file(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/samples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
@@ -156,7 +170,7 @@ pub async fn wait_done(client: &reqwest::Client, base: &str, id: i64) -> Value {
     .await
 }
 
-async fn counter(pool: &PgPool) -> i64 {
+pub async fn counter(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT counter FROM cache_manifest")
         .fetch_one(pool)
         .await
@@ -244,16 +258,8 @@ async fn uploaded_samples_are_extracted_synced_verified_and_promoted() {
 
     // Trial balance: parentheses negatives, blanks, booleans as cells and text.
     let tb = samples::trial_balance(40);
-    let (status, body) = upload(
-        &app.client,
-        &base,
-        sample_file("trial_balance.xlsx"),
-        "tb.xlsx",
-        &[("bu_id", "BU-1000"), ("connector", "trial_balance")],
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let tb_job = body["job_id"].as_i64().unwrap();
+    let tb_file = sample_file("trial_balance.xlsx");
+    let tb_job = upload_ok(&app.client, &base, tb_file, "BU-1000", "trial_balance").await;
     assert_eq!(
         wait_done(&app.client, &base, tb_job).await["state"],
         "succeeded"
@@ -262,15 +268,7 @@ async fn uploaded_samples_are_extracted_synced_verified_and_promoted() {
     assert_eq!(counter(&pool).await, 2);
 
     // A newer G/L upload supersedes the first; the cleaner removes the old version.
-    let (_, body) = upload(
-        &app.client,
-        &base,
-        gl.bytes.clone(),
-        "again.xlsx",
-        &[("bu_id", "BU-1000"), ("connector", "sap_fbl3n")],
-    )
-    .await;
-    let gl2 = body["job_id"].as_i64().unwrap();
+    let gl2 = upload_ok(&app.client, &base, gl.bytes.clone(), "BU-1000", "sap_fbl3n").await;
     let view = wait_done(&app.client, &base, gl2).await;
     assert_eq!(view["checkpoint"]["promote"]["previous_version"], gl_job);
     check_gl_docs(&sink_docs(&pool, gl2).await, &gl.lines);
@@ -593,16 +591,7 @@ async fn hostile_workbooks_fail_with_their_error_and_other_jobs_finish() {
         let payload = json!({"bu_id": "BU-9", "connector": connector, "source_blob": format!("in/{name}.xlsx")});
         jobs.push(app.enqueue("etl", payload).await);
     }
-    let (s, good) = upload(
-        &app.client,
-        &app.url(""),
-        gl,
-        "ok.xlsx",
-        &[("bu_id", "BU-9"), ("connector", "sap_fbl3n")],
-    )
-    .await;
-    assert_eq!(s, 202);
-    let good = good["job_id"].as_i64().unwrap();
+    let good = upload_ok(&app.client, &app.url(""), gl, "BU-9", "sap_fbl3n").await;
     for (id, (name, _, _, want)) in jobs.iter().zip(&cases) {
         let v = wait_done(&app.client, &app.url(""), *id).await;
         assert_eq!(v["state"], "dead", "{name}: {v}");
@@ -662,15 +651,8 @@ async fn a_missing_source_blob_is_fatal_and_a_broken_sink_is_retried() {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    let (_, b) = upload(
-        &app.client,
-        &app.url(""),
-        sample_file("trial_balance.xlsx"),
-        "tb.xlsx",
-        &[("bu_id", "B"), ("connector", "trial_balance")],
-    )
-    .await;
-    let id = b["job_id"].as_i64().unwrap();
+    let tb_file = sample_file("trial_balance.xlsx");
+    let id = upload_ok(&app.client, &app.url(""), tb_file, "B", "trial_balance").await;
     wait_for(Duration::from_secs(20), "a sync retry", || async {
         let job = app.store().get(id).await.ok()?;
         (job.attempts >= 2).then_some(())
@@ -733,16 +715,14 @@ async fn the_pipeline_runs_on_azure_blob_storage() {
     .await;
     let base = app.url("");
     let gl = samples::gl_export(120, 2);
-    let (status, body) = upload(
+    let id = upload_ok(
         &app.client,
         &base,
         sample_file("sap_fbl3n.xlsx"),
-        "gl.xlsx",
-        &[("bu_id", "BU-AZ"), ("connector", "sap_fbl3n")],
+        "BU-AZ",
+        "sap_fbl3n",
     )
     .await;
-    assert_eq!(status, 202, "{body}");
-    let id = body["job_id"].as_i64().unwrap();
     let view = wait_done(&app.client, &base, id).await;
     assert_eq!(view["state"], "succeeded", "{view}");
     check_gl_docs(&sink_docs(&app.db.pool, id).await, &gl.lines);

@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::etl::{JOB_TIMEOUT, check_gl_docs, sink_docs, upload};
+use crate::etl::{check_gl_docs, counter, sink_docs, upload_ok, wait_done};
 use crate::helpers::*;
 use crate::samples;
 
@@ -15,26 +13,19 @@ fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, 
     env
 }
 
-async fn upload_gl(base: &str, bytes: Vec<u8>, bu_id: &str) -> i64 {
-    let (status, body) = upload(
-        &reqwest::Client::new(),
-        base,
-        bytes,
-        "gl.xlsx",
-        &[("bu_id", bu_id), ("connector", "sap_fbl3n")],
+/// `(stage, worker_version)` of each completed stage of a job, in order.
+async fn stage_versions(db: &TestDb, id: i64) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT stage, worker_version FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY id",
     )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    body["job_id"].as_i64().unwrap()
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
 }
 
-async fn job_view(base: &str, id: i64) -> Option<Value> {
-    reqwest::get(format!("{base}/v1/jobs/{id}"))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+async fn upload_gl(base: &str, bytes: Vec<u8>, bu_id: &str) -> i64 {
+    upload_ok(&reqwest::Client::new(), base, bytes, bu_id, "sap_fbl3n").await
 }
 
 /// The sink holds exactly the generator's records under this job's version and nothing
@@ -96,19 +87,15 @@ async fn kill_inside(stage: &str) {
     a.signal("KILL");
     a.wait_exit(Duration::from_secs(10)).await;
     if stage == "promote" {
-        let counter: i64 = sqlx::query_scalar("SELECT counter FROM cache_manifest")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        assert_eq!(counter, 0, "the killed promotion did not commit");
+        assert_eq!(
+            counter(&db.pool).await,
+            0,
+            "the killed promotion did not commit"
+        );
     }
 
     let b = spawn_process("serve", &process_env(&db.url, "v2"));
-    let v = wait_for(JOB_TIMEOUT, &format!("job {id} to finish"), || async {
-        let v = job_view(&b.base, id).await?;
-        (v["state"] == "succeeded" || v["state"] == "dead").then_some(v)
-    })
-    .await;
+    let v = wait_done(&reqwest::Client::new(), &b.base, id).await;
     assert_eq!(v["state"], "succeeded", "{v}");
     let events: Vec<&str> = v["history"]
         .as_array()
@@ -119,13 +106,7 @@ async fn kill_inside(stage: &str) {
     assert!(events.contains(&"rescued"), "{events:?}");
     assert_exactly_once(&db, id, &gl.lines).await;
     // Stages before the killed one ran in v1, the killed one and later in v2.
-    let versions: Vec<(String, String)> = sqlx::query_as(
-        "SELECT stage, worker_version FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let versions = stage_versions(&db, id).await;
     let killed_at = versions.iter().position(|(s, _)| s == stage).unwrap();
     for (i, (s, v)) in versions.iter().enumerate() {
         let want = if i < killed_at { "v1" } else { "v2" };
@@ -177,7 +158,7 @@ async fn drain_during_a_large_extract_then_resume_in_the_new_version() {
     )
     .await;
     // Progress of the running stage is visible meanwhile.
-    let v = job_view(&a.base, id).await.unwrap();
+    let v = a.get_json(&format!("/v1/jobs/{id}")).await.unwrap();
     assert_eq!(v["state"], "running");
     assert_eq!(v["progress"]["stage"], "extract", "{v}");
     assert!(v["progress"]["rows_read"].as_u64().unwrap() > 10_000, "{v}");
@@ -204,22 +185,12 @@ async fn drain_during_a_large_extract_then_resume_in_the_new_version() {
 
     let b = spawn_process("serve", &process_env(&db.url, "v2"));
     for job in [id, second] {
-        let v = wait_for(JOB_TIMEOUT, &format!("job {job} to finish"), || async {
-            let v = job_view(&b.base, job).await?;
-            (v["state"] == "succeeded" || v["state"] == "dead").then_some(v)
-        })
-        .await;
+        let v = wait_done(&reqwest::Client::new(), &b.base, job).await;
         assert_eq!(v["state"], "succeeded", "{v}");
     }
     check_gl_docs(&sink_docs(&db.pool, id).await, &gl.lines);
     check_gl_docs(&sink_docs(&db.pool, second).await, &small.lines);
-    let ran: Vec<(String, String)> = sqlx::query_as(
-        "SELECT stage, worker_version FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY id",
-    )
-    .bind(id)
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let ran = stage_versions(&db, id).await;
     let want: Vec<(String, String)> = [
         ("extract", "v1"),
         ("sync", "v2"),
@@ -230,9 +201,5 @@ async fn drain_during_a_large_extract_then_resume_in_the_new_version() {
     .map(|(s, v)| (s.to_string(), v.to_string()))
     .collect();
     assert_eq!(ran, want);
-    let counter: i64 = sqlx::query_scalar("SELECT counter FROM cache_manifest")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(counter, 2, "one bump per promoted job");
+    assert_eq!(counter(&db.pool).await, 2, "one bump per promoted job");
 }
