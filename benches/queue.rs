@@ -7,7 +7,6 @@
 //! `job_events`), and pickup latency (enqueue call → stage start) p50/p99 with an idle worker.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -17,10 +16,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use etlq::configuration::Settings;
+use etlq::db::Pools;
+use etlq::fleet::FleetStore;
 use etlq::fleet::WorkerInfo;
 use etlq::lifecycle::Lifecycle;
 use etlq::metrics::Metrics;
-use etlq::pipeline::{FnStage, JobKind, Registry, register_builtin};
+use etlq::pipeline::{FnStage, JobKind, Registry, noop_kind};
 use etlq::queue::{JobStore, NewJob};
 use etlq::worker::Worker;
 
@@ -55,7 +56,10 @@ async fn fresh_db(server: &str) -> (String, PgPool) {
         .connect_with(etlq::db::connect_options(&url).unwrap())
         .await
         .unwrap();
-    etlq::db::migrate(&pool).await.unwrap();
+    Pools::from_main(pool.clone(), Duration::from_secs(5))
+        .migrate()
+        .await
+        .unwrap();
     (url, pool)
 }
 
@@ -76,13 +80,18 @@ fn start_worker(
 ) -> (Arc<Metrics>, CancellationToken, tokio::task::JoinHandle<()>) {
     let metrics = Arc::new(Metrics::default());
     let lifecycle = Lifecycle::new(s.worker.drain_timeout());
+    let pools = Pools::from_main(pool.clone(), Duration::from_secs(5));
     let w = Worker::new(
         s,
-        pool.clone(),
-        Arc::new(registry),
-        lifecycle,
-        metrics.clone(),
-        WorkerInfo::for_this_process(s, "bench"),
+        etlq::worker::WorkerParts {
+            jobs: JobStore::new(&pools, 5),
+            fleet: FleetStore::new(&pools),
+            registry: Arc::new(registry),
+            lifecycle,
+            metrics: metrics.clone(),
+            info: WorkerInfo::for_this_process(s, "bench"),
+            signals: etlq::worker::Signals::default(),
+        },
     );
     let stop = CancellationToken::new();
     let h = tokio::spawn(w.run(stop.clone()));
@@ -120,7 +129,7 @@ async fn main() {
     let batch = arg("--batch", 500);
     let samples = arg("--samples", 300);
     let (url, pool) = fresh_db(&server).await;
-    let store = JobStore::new(pool.clone(), 5);
+    let store = JobStore::new(&Pools::from_main(pool.clone(), Duration::from_secs(5)), 5);
     let noop: Vec<NewJob> = (0..jobs)
         .map(|_| NewJob::new("noop", Value::Null))
         .collect();
@@ -142,11 +151,11 @@ async fn main() {
             .await
             .unwrap();
         let mut registry = Registry::new();
-        register_builtin(&mut registry);
+        registry.register(noop_kind());
         let s = settings(&url, concurrency, batch);
         let t = Instant::now();
         let (metrics, stop, handle) = start_worker(&s, &pool, registry);
-        while metrics.jobs_succeeded.load(Ordering::Relaxed) < jobs as u64 {
+        while metrics.jobs_succeeded.get() < jobs as u64 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = t.elapsed().as_secs_f64();

@@ -1,8 +1,8 @@
 # Sourced by scripts/test: makes sure an Azurite blob endpoint is reachable for the Azure
 # tests and exports ETLQ_TEST_AZURITE (the blob endpoint URL). Order: $ETLQ_TEST_AZURITE as
 # given; else an Azurite already on 127.0.0.1:10000; else Azurite from npm (installed once into
-# $ETLQ_CACHE, default ~/.cache/etlq) started on a free loopback port, in memory, and stopped
-# when the calling script exits.
+# $ETLQ_CACHE, default ~/.cache/etlq) started on a free loopback port, in memory, telemetry off,
+# with its workspace, log and temporary files in one directory that stop_azurite removes.
 
 AZURITE_VERSION=${AZURITE_VERSION:-3.37.0}
 
@@ -28,16 +28,17 @@ ensure_azurite() {
     fi
     local port
     for port in $(seq 10100 10199); do _az_port_open "$port" || break; done
-    local log
-    log=$(mktemp -t etlq-azurite.XXXXXX)
-    "$bin" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence --skipApiVersionCheck \
-        --silent >"$log" 2>&1 &
+    _AZURITE_DIR=$(mktemp -d -t etlq-azurite.XXXXXX)
+    # Its working directory and TMPDIR are the run directory: whatever it writes goes there.
+    (cd "$_AZURITE_DIR" && TMPDIR="$_AZURITE_DIR" exec "$bin" --blobHost 127.0.0.1 \
+        --blobPort "$port" --inMemoryPersistence --skipApiVersionCheck --disableTelemetry \
+        --silent >"$_AZURITE_DIR/azurite.log" 2>&1) &
     _AZURITE_PID=$!
     disown "$_AZURITE_PID" 2>/dev/null || true # no "Killed" notice when stop_azurite ends it
     local i
     for i in $(seq 1 100); do
         _az_port_open "$port" && break
-        kill -0 "$_AZURITE_PID" 2>/dev/null || { cat "$log" >&2; _az_log "Azurite exited"; return 1; }
+        kill -0 "$_AZURITE_PID" 2>/dev/null || { cat "$_AZURITE_DIR/azurite.log" >&2; _az_log "Azurite exited"; return 1; }
         sleep 0.2
     done
     _az_port_open "$port" || { _az_log "Azurite did not answer on port $port"; return 1; }
@@ -48,4 +49,5 @@ ensure_azurite() {
 stop_azurite() {
     # Azurite can take ~20 s to exit on SIGTERM; in-memory persistence makes SIGKILL safe.
     [ -n "${_AZURITE_PID:-}" ] && kill -9 "$_AZURITE_PID" 2>/dev/null || true
+    [ -n "${_AZURITE_DIR:-}" ] && rm -rf "$_AZURITE_DIR" || true
 }

@@ -1,10 +1,14 @@
-//! Connection pool, database creation and migrations.
+//! Connection pools, database creation, migrations, and the transaction handle that lets one
+//! caller span several stores (an enqueue and its audit row commit together).
+//!
+//! Only the stores (`queue/`, `fleet/store.rs`, `datasets/`, `audit.rs`, `sink/postgres.rs`)
+//! run SQL; everything else holds a store. The tidy test enforces it.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
 use crate::configuration::DatabaseSettings;
 
@@ -13,17 +17,56 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid database url: {0}")]
-    Url(sqlx::Error),
-    #[error("cannot reach PostgreSQL at {target}: {source}")]
-    Connect { target: String, source: sqlx::Error },
+    Url(String),
+    #[error("cannot reach PostgreSQL at {target}: {reason}")]
+    Connect { target: String, reason: String },
+    #[error(
+        "database {database:?} does not exist on {server}: check DATABASE_URL, or create it with `etlq migrate` (`etlq serve` creates it too)"
+    )]
+    MissingDatabase { database: String, server: String },
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
 }
 
+impl DbError {
+    /// Connection trouble (worth retrying), as opposed to a statement PostgreSQL refused.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Connect { .. } => true,
+            DbError::Sql(e) => is_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether an sqlx error means PostgreSQL could not be reached (as opposed to refusing a
+/// statement): pool timeouts, I/O errors, a closed pool, or a server shutting down.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08* connection.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// The innermost cause of an sqlx error, once: sqlx nests the server's message in its own
+/// `Display`, which repeated it (with "at line 948") when wrapped again.
+fn reason(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
+}
+
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
-    let opts = PgConnectOptions::from_str(url).map_err(DbError::Url)?;
+    let opts = PgConnectOptions::from_str(url).map_err(|e| DbError::Url(e.to_string()))?;
     Ok(opts
         .application_name("etlq")
         // Batched claims and completions cost enough to trigger PostgreSQL's JIT, which then
@@ -49,9 +92,9 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
         return Ok(());
     };
     let admin = opts.clone().database("postgres");
-    let mut conn = admin.connect().await.map_err(|source| DbError::Connect {
+    let mut conn = admin.connect().await.map_err(|e| DbError::Connect {
         target: describe(&admin),
-        source,
+        reason: reason(&e),
     })?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
@@ -74,15 +117,76 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// A pool for the configured database, waiting up to `wait` for PostgreSQL to accept connections.
-pub async fn connect(settings: &DatabaseSettings, wait: Duration) -> Result<PgPool, DbError> {
+/// The pools one process uses. `control` is small and separate so lease renewals and worker
+/// heartbeats never queue behind claims, completions and sink writes on `main`: a live worker
+/// must never lose a job because its own pool was busy (ARCHITECTURE.md invariant).
+#[derive(Clone, Debug)]
+pub struct Pools {
+    pub(crate) main: PgPool,
+    pub(crate) control: PgPool,
+}
+
+/// Connections of the control pool (lease renewals, heartbeats, fleet commands).
+pub const CONTROL_POOL_SIZE: u32 = 2;
+
+impl Pools {
+    /// Builds the control pool beside an existing main pool (tests and benchmarks connect the
+    /// main pool themselves). The control pool connects lazily.
+    pub fn from_main(main: PgPool, control_acquire_timeout: Duration) -> Pools {
+        let control = PgPoolOptions::new()
+            .max_connections(CONTROL_POOL_SIZE)
+            .acquire_timeout(control_acquire_timeout)
+            .connect_lazy_with((*main.connect_options()).clone());
+        Pools { main, control }
+    }
+
+    /// Migrates the database the pools point at.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        MIGRATOR.run(&self.main).await?;
+        Ok(())
+    }
+
+    /// Starts a transaction on the main pool; stores take `&mut Tx` for operations that must
+    /// commit together.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(Tx(self.main.begin().await?))
+    }
+
+    /// Closes both pools (tests, and the end of a CLI command).
+    pub async fn close(&self) {
+        self.main.close().await;
+        self.control.close().await;
+    }
+}
+
+/// A transaction spanning several stores. Dropped without `commit`, it rolls back.
+pub struct Tx(pub(crate) sqlx::Transaction<'static, Postgres>);
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        Ok(self.0.commit().await?)
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.0
+    }
+}
+
+/// Pools for the configured database, waiting up to `wait` for PostgreSQL to accept
+/// connections.
+pub async fn connect(settings: &DatabaseSettings, wait: Duration) -> Result<Pools, DbError> {
+    let main = connect_main(settings, wait).await?;
+    Ok(Pools::from_main(main, Duration::from_secs(5)))
+}
+
+async fn connect_main(settings: &DatabaseSettings, wait: Duration) -> Result<PgPool, DbError> {
     let opts = connect_options(&settings.url)?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         if settings.create_if_missing
             && let Err(e) = ensure_database(&settings.url).await
         {
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline || !e.is_unavailable() {
                 return Err(e);
             }
             tracing::warn!(error = %e, "PostgreSQL not ready; retrying");
@@ -96,21 +200,23 @@ pub async fn connect(settings: &DatabaseSettings, wait: Duration) -> Result<PgPo
             .await;
         match attempt {
             Ok(pool) => return Ok(pool),
-            Err(source) if tokio::time::Instant::now() >= deadline => {
+            // The server answered: waiting will not create the database.
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("3D000") => {
+                return Err(DbError::MissingDatabase {
+                    database: opts.get_database().unwrap_or("postgres").to_string(),
+                    server: format!("{}:{}", opts.get_host(), opts.get_port()),
+                });
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline || !is_unavailable(&e) => {
                 return Err(DbError::Connect {
                     target: describe(&opts),
-                    source,
+                    reason: reason(&e),
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "PostgreSQL not ready; retrying");
+                tracing::warn!(error = %reason(&e), "PostgreSQL not ready; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
-}
-
-pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
 }

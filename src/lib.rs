@@ -1,9 +1,12 @@
 //! etlq: a durable ETL job queue on PostgreSQL. See ARCHITECTURE.md for a map.
 
 pub mod api;
+pub mod audit;
 pub mod configuration;
+pub mod datasets;
 pub mod db;
 pub mod etl;
+pub mod faults;
 pub mod fleet;
 pub mod lifecycle;
 pub mod maintenance;
@@ -14,4 +17,6 @@ pub mod sink;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;
+#[cfg(feature = "test-aids")]
+pub mod testing;
 pub mod worker;

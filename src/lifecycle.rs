@@ -131,7 +131,8 @@ impl Lifecycle {
         self.publish(&st);
     }
 
-    /// Normal → PreparingForStop (or straight to SafeToStop when idle). Idempotent.
+    /// Normal → PreparingForStop (or straight to SafeToStop when idle). Idempotent. The drain
+    /// timeout is enforced by [`Lifecycle::drain_timer`], which the worker runs.
     pub fn drain(&self) -> Status {
         let mut st = self.inner.state.lock().unwrap();
         if st.mode != Mode::Normal {
@@ -147,22 +148,57 @@ impl Lifecycle {
                 in_flight = st.in_flight,
                 "drain requested: PreparingForStop"
             );
-            let epoch = st.epoch;
-            let this = self.clone();
-            let timeout = self.inner.drain_timeout;
-            tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                let st = this.inner.state.lock().unwrap();
-                if st.epoch == epoch && st.mode == Mode::PreparingForStop {
-                    tracing::warn!(
-                        in_flight = st.in_flight,
-                        "drain timeout: cancelling running stages and releasing their jobs"
-                    );
-                    this.inner.force.send_modify(|v| *v += 1);
-                }
-            });
         }
         self.publish(&st)
+    }
+
+    /// Enforces the drain timeout until `stop`: each drain that is still PreparingForStop
+    /// `drain_timeout` after it began has its running stages cancelled (their jobs are
+    /// released at their last checkpoint). A drain that was resumed is forgotten.
+    pub async fn drain_timer(self, stop: tokio_util::sync::CancellationToken) {
+        let mut rx = self.subscribe();
+        let mut handled = 0u64;
+        loop {
+            let draining = {
+                let st = self.inner.state.lock().unwrap();
+                (st.mode == Mode::PreparingForStop && st.epoch != handled).then_some(st.epoch)
+            };
+            let Some(epoch) = draining else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = rx.changed() => if r.is_err() { return },
+                }
+                continue;
+            };
+            handled = epoch;
+            let deadline = tokio::time::Instant::now() + self.inner.drain_timeout;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let st = self.inner.state.lock().unwrap();
+                        if st.epoch == epoch && st.mode == Mode::PreparingForStop {
+                            tracing::warn!(
+                                in_flight = st.in_flight,
+                                "drain timeout: cancelling running stages and releasing their jobs"
+                            );
+                            self.inner.force.send_modify(|v| *v += 1);
+                        }
+                        break;
+                    }
+                    r = rx.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let st = self.inner.state.lock().unwrap();
+                        // Resumed, finished, or a new drain: this one's timer is void.
+                        if st.epoch != epoch || st.mode != Mode::PreparingForStop {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Back to Normal from either draining mode. Idempotent.
@@ -215,17 +251,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn drain_timeout_fires_force_release_only_for_the_current_drain() {
         let l = Lifecycle::new(Duration::from_secs(10));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let timer = tokio::spawn(l.clone().drain_timer(stop.clone()));
         let mut force = l.force_release_signal();
         l.try_reserve(1);
         l.drain();
+        tokio::time::sleep(Duration::from_secs(5)).await;
         l.resume();
         l.drain();
-        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            !force.has_changed().unwrap(),
+            "the resumed drain's timer must not fire"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(force.has_changed().unwrap());
         assert_eq!(
             *force.borrow_and_update(),
             1,
-            "the resumed drain's timer must not fire"
+            "the current drain's timer fired once"
         );
+        stop.cancel();
+        timer.await.unwrap();
     }
 }

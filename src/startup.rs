@@ -1,26 +1,60 @@
-//! Builds the application for each role: the pool, migrations, the worker and the HTTP server.
+//! Builds the application for each role: pools and stores, the ETL context, the worker, the
+//! maintenance services and the HTTP server — all started here, on one task tracker, and
+//! stopped along one path:
+//!
+//! 1. the drain signal (SIGTERM, or the caller's token) drains the worker: running stages
+//!    finish or are released (`worker.drain_timeout_ms`);
+//! 2. then the maintenance services stop and the HTTP server shuts down, closing what is left
+//!    open after `api.shutdown_grace_ms`;
+//! 3. `Application::wait` returns when every task has finished.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::api::server::{self, ServerConfig};
 use crate::api::{self, AppState, Surface};
-use crate::configuration::Settings;
-use crate::etl::Etl;
-use crate::fleet::WorkerInfo;
+use crate::audit::AuditLog;
+use crate::configuration::{Settings, SinkKind};
+use crate::datasets::DatasetStore;
+use crate::db::Pools;
+use crate::etl::{EtlContext, Isolation};
+use crate::faults::Faults;
+use crate::fleet::{FleetStore, WorkerInfo};
 use crate::lifecycle::Lifecycle;
-use crate::maintenance::{SupersededCleaner, SupersededCleanerConfig};
+use crate::maintenance::{
+    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, SupersededCleaner,
+    SupersededCleanerConfig,
+};
 use crate::metrics::Metrics;
-use crate::pipeline::{Registry, register_builtin};
+use crate::pipeline::{Registry, noop_kind};
 use crate::queue::JobStore;
-use crate::sink::PgSink;
+use crate::sink::{DocumentSink, PgSink};
 use crate::storage::BlobStore;
-use crate::worker::Worker;
+use crate::worker::{Signals, Worker, WorkerParts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Config(#[from] crate::configuration::ConfigError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("document sink: {0}")]
+    Sink(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -33,7 +67,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Role::Serve => "serve",
             Role::Worker => "worker",
@@ -42,76 +76,142 @@ impl Role {
     }
 }
 
-/// The job kinds this build knows.
-pub fn default_registry() -> Registry {
-    let mut r = Registry::new();
-    register_builtin(&mut r);
-    r
+/// The document sink named in settings.
+pub async fn open_sink(
+    settings: &Settings,
+    pools: &Pools,
+) -> Result<Arc<dyn DocumentSink>, StartupError> {
+    match settings.sink.kind {
+        SinkKind::Postgres => Ok(Arc::new(PgSink::new(pools))),
+        SinkKind::Cosmos => Ok(Arc::new(
+            crate::sink::CosmosSink::open(&settings.sink.cosmos)
+                .await
+                .map_err(|e| StartupError::Sink(e.to_string()))?,
+        )),
+    }
 }
 
-/// The ETL context: blob store (creating its directory or container), sink and connectors.
-pub async fn build_etl(settings: &Settings, pool: PgPool) -> Result<Etl, anyhow::Error> {
+/// The ETL context: blob store (creating its directory or container), sink, connectors, the
+/// extract child's limits.
+pub async fn etl_context(settings: &Settings, pools: &Pools) -> Result<EtlContext, StartupError> {
     let blobs = BlobStore::open(&settings.blob).await?;
     tracing::info!(blobs = %blobs.location, "blob store ready");
-    Ok(Etl {
+    let exe = if settings.etl.parser_exe.is_empty() {
+        std::env::current_exe()
+            .map_err(|e| StartupError::Other(format!("locating this binary: {e}")))?
+    } else {
+        std::path::PathBuf::from(&settings.etl.parser_exe)
+    };
+    let work_dir = settings.etl.work_dir();
+    std::fs::create_dir_all(&work_dir).map_err(|e| {
+        StartupError::Other(format!(
+            "cannot create etl.work_dir {}: {e}",
+            work_dir.display()
+        ))
+    })?;
+    Ok(EtlContext {
         blobs,
-        sink: Arc::new(PgSink::new(pool.clone())),
+        sink: open_sink(settings, pools).await?,
         connectors: settings.connectors()?,
         settings: settings.etl.clone(),
-        pool,
+        jobs: JobStore::new(pools, settings.retry.default_max_attempts),
+        datasets: DatasetStore::new(pools),
+        audit: AuditLog,
+        db: pools.clone(),
+        isolation: Isolation {
+            exe,
+            memory_limit_mb: settings.etl.extract_memory_limit_mb,
+            timeout: Duration::from_millis(settings.etl.extract_timeout_ms),
+        },
+        work_dir,
+        faults: Faults::default(),
+        limits: crate::etl::limits::StageLimits::new(&settings.etl),
     })
+}
+
+/// The job kinds a build of this binary runs: `noop`, `etl`, and with the `test-aids`
+/// feature the `test` kind. The CLI checks `enqueue --kind` against the same list.
+pub fn kind_names() -> Vec<&'static str> {
+    let mut names = vec![crate::pipeline::NOOP_KIND, crate::etl::ETL_KIND];
+    #[cfg(feature = "test-aids")]
+    names.push(crate::testing::TEST_KIND);
+    names.sort_unstable();
+    names
 }
 
 pub struct Application {
     pub addr: SocketAddr,
     pub state: AppState,
-    server: JoinHandle<()>,
-    worker: Option<JoinHandle<()>>,
+    /// What the worker does, for tests to wait on.
+    pub signals: Signals,
+    tasks: TaskTracker,
 }
 
 impl Application {
     /// Connects (waiting for PostgreSQL), migrates, binds the listener and starts everything.
-    /// `shutdown` starts a drain; the returned application finishes once drained.
+    /// `drain` starts a drain; the application finishes once drained and shut down.
     pub async fn build(
         settings: Settings,
         role: Role,
-        registry: Registry,
-        shutdown: CancellationToken,
-    ) -> Result<Self, anyhow::Error> {
-        let pool = crate::db::connect(&settings.database, Duration::from_secs(30)).await?;
-        crate::db::migrate(&pool).await?;
-        Self::build_with_pool(settings, role, registry, pool, shutdown).await
+        drain: CancellationToken,
+    ) -> Result<Self, StartupError> {
+        let pools = crate::db::connect(&settings.database, Duration::from_secs(30)).await?;
+        pools.migrate().await?;
+        Self::build_with_pools(settings, role, pools, drain).await
     }
 
-    pub async fn build_with_pool(
+    pub async fn build_with_pools(
         settings: Settings,
         role: Role,
-        registry: Registry,
-        pool: PgPool,
-        shutdown: CancellationToken,
-    ) -> Result<Self, anyhow::Error> {
-        let etl = Arc::new(build_etl(&settings, pool.clone()).await?);
-        let mut registry = registry;
-        if registry.get(crate::etl::ETL_KIND).is_none() {
-            registry.register(etl.kind());
+        pools: Pools,
+        drain: CancellationToken,
+    ) -> Result<Self, StartupError> {
+        #[allow(unused_mut)]
+        let mut etl = etl_context(&settings, &pools).await?;
+        let mut registry = Registry::new();
+        registry.register(noop_kind());
+        #[cfg(feature = "test-aids")]
+        {
+            let runs = crate::testing::TestRuns::new(&pools)
+                .await
+                .map_err(|e| StartupError::Other(format!("test aids: {e}")))?;
+            crate::testing::register(&mut registry, runs.clone());
+            etl.faults.pause = Some(crate::testing::Pause::new(runs, settings.testing.clone()));
         }
+        let etl = Arc::new(etl);
+        registry.register(etl.kind());
+
         let settings = Arc::new(settings);
         let registry = Arc::new(registry);
+        let jobs = JobStore::new(&pools, settings.retry.default_max_attempts);
+        let fleet = FleetStore::new(&pools);
+        let datasets = DatasetStore::new(&pools);
         let lifecycle = Lifecycle::new(settings.worker.drain_timeout());
         let metrics = Arc::new(Metrics::default());
         let identity = Arc::new(WorkerInfo::for_this_process(&settings, role.as_str()));
+        let cleanup = TaskTracker::new();
         let state = AppState {
             settings: settings.clone(),
-            pool: pool.clone(),
-            store: JobStore::new(pool.clone(), settings.retry.default_max_attempts),
+            jobs: jobs.clone(),
+            fleet: fleet.clone(),
+            datasets: datasets.clone(),
             registry: registry.clone(),
             lifecycle: lifecycle.clone(),
             metrics: metrics.clone(),
             identity: identity.clone(),
             etl: etl.clone(),
+            cleanup: cleanup.clone(),
         };
-        let listener = TcpListener::bind((settings.api.host.as_str(), settings.api.port)).await?;
-        let addr = listener.local_addr()?;
+        let bind = (settings.api.host.as_str(), settings.api.port);
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: format!("{}:{}", bind.0, bind.1),
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartupError::Other(e.to_string()))?;
         let surface = if role == Role::Worker {
             Surface::ControlOnly
         } else {
@@ -119,67 +219,83 @@ impl Application {
         };
         let app = api::router(state.clone(), surface);
 
-        let worker = (role != Role::Api).then(|| {
-            let w = Worker::new(
-                &settings,
-                pool.clone(),
-                registry.clone(),
-                lifecycle.clone(),
-                metrics.clone(),
-                (*identity).clone(),
-            );
-            let cleaner = SupersededCleaner::new(
-                etl.clone(),
-                SupersededCleanerConfig::from_settings(&settings.etl),
-            );
-            tokio::spawn(cleaner.run(shutdown.clone()));
-            tokio::spawn(w.run(shutdown.clone()))
-        });
-        // The HTTP server outlives the drain (so it can be watched over REST) and stops
-        // once the worker has stopped.
+        let tasks = TaskTracker::new();
+        let signals = Signals::default();
         let server_stop = CancellationToken::new();
-        let server = {
+        if role == Role::Api {
             let stop = server_stop.clone();
-            tokio::spawn(async move {
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            })
-        };
-        let worker = match worker {
-            Some(handle) => {
-                let stop = server_stop.clone();
-                Some(tokio::spawn(async move {
-                    let _ = handle.await;
-                    stop.cancel();
-                }))
-            }
-            None => {
-                let stop = server_stop.clone();
-                tokio::spawn(async move {
-                    shutdown.cancelled().await;
-                    stop.cancel();
-                });
-                None
-            }
-        };
+            tasks.spawn(async move {
+                drain.cancelled().await;
+                stop.cancel();
+            });
+        } else {
+            let maintenance = CancellationToken::new();
+            tasks.spawn(
+                Rescuer::new(
+                    jobs.clone(),
+                    identity.actor(),
+                    metrics.clone(),
+                    RescuerConfig::from_settings(&settings),
+                )
+                .run(maintenance.clone()),
+            );
+            tasks.spawn(
+                JobCleaner::new(
+                    jobs.clone(),
+                    fleet.clone(),
+                    JobCleanerConfig::from_settings(&settings.maintenance),
+                )
+                .run(maintenance.clone()),
+            );
+            tasks.spawn(
+                SupersededCleaner::new(
+                    datasets.clone(),
+                    etl.sink.clone(),
+                    etl.blobs.clone(),
+                    SupersededCleanerConfig::from_settings(&settings.etl),
+                )
+                .run(maintenance.clone()),
+            );
+            let worker = Worker::new(
+                &settings,
+                WorkerParts {
+                    jobs: jobs.clone(),
+                    fleet: fleet.clone(),
+                    registry: registry.clone(),
+                    lifecycle: lifecycle.clone(),
+                    metrics: metrics.clone(),
+                    info: (*identity).clone(),
+                    signals: signals.clone(),
+                },
+            );
+            let stop = server_stop.clone();
+            // The HTTP server outlives the drain (so it can be watched over REST) and stops
+            // once the worker has stopped.
+            tasks.spawn(async move {
+                worker.run(drain).await;
+                maintenance.cancel();
+                stop.cancel();
+            });
+        }
+        tasks.spawn(server::serve(
+            listener,
+            app,
+            ServerConfig::from_settings(&settings.api),
+            server_stop,
+            cleanup,
+        ));
+        tasks.close();
         tracing::info!(%addr, role = role.as_str(), worker_id = %identity.id, "listening");
         Ok(Application {
             addr,
             state,
-            server,
-            worker,
+            signals,
+            tasks,
         })
     }
 
-    /// Waits until the worker (if any) has drained and the HTTP server has stopped.
+    /// Waits until everything started here has finished.
     pub async fn wait(self) {
-        if let Some(w) = self.worker {
-            let _ = w.await;
-        }
-        let _ = self.server.await;
+        self.tasks.wait().await;
     }
 }

@@ -45,6 +45,8 @@ pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     /// Where it points, for logs and errors.
     pub location: String,
+    /// The directory of a local store: local files are moved in, not copied.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -78,12 +80,11 @@ impl BlobStore {
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| StorageError::Config(e.to_string()))?
             .with_automatic_cleanup(true);
+        let root = std::fs::canonicalize(dir).unwrap_or(dir.into());
         Ok(BlobStore {
             inner: Arc::new(fs),
-            location: format!(
-                "file://{}",
-                std::fs::canonicalize(dir).unwrap_or(dir.into()).display()
-            ),
+            location: format!("file://{}", root.display()),
+            local_root: Some(root),
         })
     }
 
@@ -135,6 +136,7 @@ impl BlobStore {
         Ok(BlobStore {
             inner,
             location: format!("az://{container}/{prefix} at {endpoint}"),
+            local_root: None,
         })
     }
 
@@ -147,6 +149,88 @@ impl BlobStore {
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
         Ok(self.inner.get(&Path::from(key)).await?.bytes().await?)
+    }
+
+    /// Blob `key` as a stream of chunks (bounded memory for large artifacts).
+    pub async fn get_stream(
+        &self,
+        key: &str,
+    ) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, StorageError>>, StorageError>
+    {
+        let stream = self.inner.get(&Path::from(key)).await?.into_stream();
+        Ok(stream.map_err(StorageError::from).boxed())
+    }
+
+    /// Streams blob `key` into the local file `path` (created or truncated); returns its size.
+    pub async fn get_to_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+    ) -> Result<u64, StorageError> {
+        use tokio::io::AsyncWriteExt;
+        let local = |e: std::io::Error| {
+            StorageError::Unavailable(format!("writing the local copy of {key}: {e}"))
+        };
+        let mut stream = self.inner.get(&Path::from(key)).await?.into_stream();
+        let mut f = tokio::fs::File::create(path).await.map_err(local)?;
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            n += chunk.len() as u64;
+            f.write_all(&chunk).await.map_err(local)?;
+        }
+        f.flush().await.map_err(local)?;
+        Ok(n)
+    }
+
+    /// Moves the local file `path` into blob `key` (the file is consumed): a rename when the
+    /// store is a directory on the same filesystem, else a streamed upload.
+    pub async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StorageError> {
+        if let Some(root) = &self.local_root {
+            let dest = root.join(Path::from(key).as_ref());
+            let moved = tokio::task::spawn_blocking({
+                let (src, dest) = (path.to_path_buf(), dest.clone());
+                move || {
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::rename(&src, &dest)
+                }
+            })
+            .await;
+            if let Ok(Ok(())) = moved {
+                return Ok(());
+            }
+            // Another filesystem (EXDEV) or a race: fall back to copying.
+        }
+        self.copy_file(key, path).await
+    }
+
+    async fn copy_file(&self, key: &str, path: &std::path::Path) -> Result<(), StorageError> {
+        use tokio::io::AsyncReadExt;
+        let local = |e: std::io::Error| {
+            StorageError::Unavailable(format!("reading a local file for {key}: {e}"))
+        };
+        let mut f = tokio::fs::File::open(path).await.map_err(local)?;
+        let mut w = self.writer(key).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let r: Result<(), StorageError> = async {
+            loop {
+                let n = f.read(&mut buf).await.map_err(local)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                w.write(&buf[..n]).await?;
+            }
+        }
+        .await;
+        match r {
+            Ok(()) => w.finish().await,
+            Err(e) => {
+                w.abort().await;
+                Err(e)
+            }
+        }
     }
 
     /// The first `n` bytes (or fewer), for sniffing.

@@ -1,4 +1,5 @@
-//! Bearer-token auth for mutating endpoints, active when `api.tokens` is non-empty.
+//! Bearer-token auth for mutating endpoints, active when `api.tokens` is non-empty. The
+//! caller becomes the request's [`Actor`] (the token's name, or `anonymous`).
 
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
@@ -7,13 +8,35 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::error::ApiError;
-
-/// The name of the token that authorised a request (for audit), or "anonymous".
-#[derive(Debug, Clone)]
-pub struct Caller(pub String);
+use crate::queue::Actor;
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The credentials of an `Authorization` header: the scheme is case-insensitive (RFC 9110).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The token's name when `header` carries a configured token.
+pub fn token_name<'a>(state: &'a AppState, header: Option<&str>) -> Option<&'a str> {
+    let presented = header.and_then(bearer)?;
+    state
+        .settings
+        .api
+        .tokens
+        .iter()
+        .find(|(_, t)| constant_time_eq(t.as_bytes(), presented.as_bytes()))
+        .map(|(n, _)| n.as_str())
+}
+
+fn api_actor(state: &AppState, id: &str) -> Actor {
+    Actor::new(id, format!("etlq-api/{}", state.identity.version))
 }
 
 pub async fn require_token(
@@ -24,14 +47,14 @@ pub async fn require_token(
     let tokens = &state.settings.api.tokens;
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if tokens.is_empty() || read_only {
-        req.extensions_mut().insert(Caller("anonymous".into()));
+        req.extensions_mut().insert(api_actor(&state, "anonymous"));
         return next.run(req).await;
     }
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some(presented) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+    if header.and_then(bearer).is_none() {
         let mut resp = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -41,14 +64,10 @@ pub async fn require_token(
         resp.headers_mut()
             .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
         return resp;
-    };
-    let name = tokens
-        .iter()
-        .find(|(_, t)| constant_time_eq(t.as_bytes(), presented.trim().as_bytes()))
-        .map(|(n, _)| n.clone());
-    match name {
+    }
+    match token_name(&state, header).map(str::to_owned) {
         Some(name) => {
-            req.extensions_mut().insert(Caller(name));
+            req.extensions_mut().insert(api_actor(&state, &name));
             next.run(req).await
         }
         None => ApiError::new(
@@ -57,5 +76,19 @@ pub async fn require_token(
             "the bearer token is not valid",
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer"), None);
     }
 }

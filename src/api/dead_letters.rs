@@ -1,3 +1,6 @@
+//! `/v1/dead-letters`: list dead-lettered jobs; retry one (by job id) or every one matching a
+//! filter, from the checkpoint or from the start.
+
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,11 +10,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::{JobId, Json, Query};
+use super::extractors::{JobId, Json, Query};
 use super::jobs::{parse_cursor, parse_limit};
-use crate::queue::{DeadLetterFilter, RetryFrom};
+use crate::queue::{Actor, DeadLetterFilter, RetryFrom};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,7 +39,7 @@ pub async fn list(
         since: q.since,
     };
     let page = state
-        .store
+        .jobs
         .dead_letters(
             &filter,
             q.include_retried,
@@ -60,11 +62,11 @@ pub struct RetryQuery {
 /// `{id}` is the job id.
 pub async fn retry_one(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(actor): Extension<Actor>,
     JobId(id): JobId,
     Query(q): Query<RetryQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    state.store.retry_dead(id, q.from, &caller.0).await?;
+    state.jobs.retry_dead(id, q.from, &actor).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"job_id": id, "state": "queued", "from": q.from})),
@@ -87,7 +89,7 @@ pub struct BulkRetry {
 
 pub async fn retry_bulk(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(actor): Extension<Actor>,
     Json(body): Json<BulkRetry>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = DeadLetterFilter {
@@ -102,8 +104,8 @@ pub async fn retry_bulk(
         ));
     }
     let ids = state
-        .store
-        .retry_dead_bulk(&filter, body.from, &caller.0)
+        .jobs
+        .retry_dead_bulk(&filter, body.from, &actor)
         .await?;
     Ok((
         StatusCode::ACCEPTED,

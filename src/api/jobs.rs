@@ -1,3 +1,6 @@
+//! `/v1/jobs`: enqueue (any registered kind, or an ETL job for a blob already in the store),
+//! list, show, cancel.
+
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -6,30 +9,86 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::auth::Caller;
 use super::error::ApiError;
-use super::extract::{JobId, Json, Query};
-use super::uploads;
+use super::extractors::{JobId, Json, Query};
+use crate::etl::submit::{self, Submission};
 use crate::etl::{ETL_KIND, EtlPayload};
-use crate::queue::{Job, JobEvent, JobState, ListFilter, NewJob};
+use crate::queue::{Actor, Enqueued, Job, JobEvent, JobState, ListFilter, NewJob};
 
 pub const MAX_PAGE: i64 = 500;
 pub const DEFAULT_PAGE: i64 = 50;
 
+/// `POST /v1/jobs` for a blob already in the store (SPEC §5).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobJob {
+    pub bu_id: String,
+    pub connector: String,
+    pub source_blob: String,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Deserialises a request body, naming the field at fault.
+fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::unprocessable(e.inner().to_string())
+        } else {
+            ApiError::unprocessable(format!("{path}: {}", e.inner()))
+        }
+    })
+}
+
+pub(super) fn accepted(e: Enqueued) -> axum::response::Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "job_id": e.job_id,
+            "status_url": format!("/v1/jobs/{}", e.job_id),
+            "created": e.created,
+        })),
+    )
+        .into_response()
+}
+
+async fn submit_blob(
+    state: &AppState,
+    actor: &Actor,
+    req: BlobJob,
+) -> Result<axum::response::Response, ApiError> {
+    let (bu_id, connector) = submit::check_target(&state.etl, &req.bu_id, &req.connector)?;
+    let source_blob = submit::check_source(&state.etl, &req.source_blob).await?;
+    let enq = submit::submit(
+        &state.etl,
+        actor,
+        Submission {
+            bu_id,
+            connector,
+            source_blob,
+            file_name: None,
+            idempotency_key: req.idempotency_key,
+            action: "enqueue_blob",
+            bytes: None,
+        },
+    )
+    .await?;
+    Ok(accepted(enq))
+}
+
 /// `POST /v1/jobs`: either an ETL job for a blob already in the store
-/// (`{bu_id, connector, source_blob}`, SPEC §5) or any registered kind (`{kind, payload}`).
+/// (`{bu_id, connector, source_blob}`) or any registered kind (`{kind, payload}`).
 pub async fn create(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(actor): Extension<Actor>,
     Json(body): Json<Value>,
 ) -> Result<axum::response::Response, ApiError> {
     if body.get("source_blob").is_some() && body.get("kind").is_none() {
-        let req =
-            serde_json::from_value(body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-        return uploads::create_from_blob(&state, &caller, req).await;
+        return submit_blob(&state, &actor, parse(body)?).await;
     }
-    let new: NewJob =
-        serde_json::from_value(body).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let new: NewJob = parse(body)?;
+    new.check()?;
     if state.registry.get(&new.kind).is_none() {
         let known: Vec<&str> = state.registry.names().collect();
         return Err(ApiError::new(
@@ -37,7 +96,7 @@ pub async fn create(
             "unknown_kind",
             format!(
                 "unknown job kind {:?}; known kinds: {}",
-                new.kind,
+                new.kind.escape_debug().to_string(),
                 known.join(", ")
             ),
         ));
@@ -46,24 +105,15 @@ pub async fn create(
         // Same checks as the ETL form, so a bad payload never reaches a worker.
         let p: EtlPayload = serde_json::from_value(new.payload.clone())
             .map_err(|e| ApiError::unprocessable(format!("etl payload: {e}")))?;
-        let req = uploads::BlobJob {
-            bu_id: p.bu_id,
+        let req = BlobJob {
+            bu_id: p.bu_id.to_string(),
             connector: p.connector,
-            source_blob: p.source_blob,
+            source_blob: p.source_blob.to_string(),
             idempotency_key: new.idempotency_key,
         };
-        return uploads::create_from_blob(&state, &caller, req).await;
+        return submit_blob(&state, &actor, req).await;
     }
-    let enq = state.store.enqueue(&new).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "job_id": enq.job_id,
-            "status_url": format!("/v1/jobs/{}", enq.job_id),
-            "created": enq.created,
-        })),
-    )
-        .into_response())
+    Ok(accepted(state.jobs.enqueue(&new).await?))
 }
 
 /// A job with its stage list and history.
@@ -72,7 +122,7 @@ pub struct JobView {
     #[serde(flatten)]
     job: Job,
     stages: Vec<String>,
-    /// ETL jobs: the extract report, once extract has finished.
+    /// The kind's own summary (ETL jobs: the extract report, once extract has finished).
     #[serde(skip_serializing_if = "Option::is_none")]
     report: Option<Value>,
     history: Vec<JobEvent>,
@@ -82,8 +132,8 @@ pub async fn show(
     State(state): State<AppState>,
     JobId(id): JobId,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let mut job = state.store.get(id).await?;
-    let history = state.store.events(id).await?;
+    let mut job = state.jobs.get(id).await?;
+    let history = state.jobs.events(id).await?;
     let kind = state.registry.get(&job.kind);
     let stages = kind
         .map(|k| k.stage_names().into_iter().map(str::to_owned).collect())
@@ -95,11 +145,7 @@ pub async fn show(
                 .map(|i| k.stages[i].name().to_string())
         });
     }
-    let report = job
-        .checkpoint
-        .get("extract")
-        .and_then(|e| e.get("report"))
-        .cloned();
+    let report = kind.and_then(|k| k.summary(&job.checkpoint));
     Ok(axum::Json(JobView {
         job,
         stages,
@@ -131,10 +177,9 @@ pub fn parse_limit(limit: Option<i64>) -> Result<i64, ApiError> {
 pub fn parse_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
     cursor
         .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or_else(|| ApiError::bad_request(format!("invalid cursor {c:?}")))
+            c.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+                ApiError::bad_request(format!("invalid cursor {:?}", c.escape_debug().to_string()))
+            })
         })
         .transpose()
 }
@@ -155,7 +200,7 @@ pub async fn list(
         bu_id: q.bu_id,
     };
     let page = state
-        .store
+        .jobs
         .list(
             &filter,
             parse_cursor(q.cursor.as_deref())?,
@@ -169,10 +214,10 @@ pub async fn list(
 
 pub async fn cancel(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    Extension(actor): Extension<Actor>,
     JobId(id): JobId,
 ) -> Result<impl IntoResponse, ApiError> {
-    let previous = state.store.cancel(id, &caller.0).await?;
+    let previous = state.jobs.cancel(id, &actor).await?;
     Ok(axum::Json(
         json!({"job_id": id, "state": "cancelled", "previous_state": previous}),
     ))

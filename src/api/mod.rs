@@ -1,26 +1,36 @@
-//! REST control plane (SPEC §5).
+//! REST control plane (SPEC §5), served by `server.rs`.
+//!
+//! Routes: `jobs.rs`, `uploads.rs`, `dead_letters.rs`, `datasets.rs`, `lifecycle.rs`
+//! (lifecycle and fleet), `health.rs` (health, readiness, metrics, OpenAPI). `extractors.rs`
+//! turns rejections into JSON errors (`error.rs`); `auth.rs` checks bearer tokens.
 
 mod auth;
-mod control;
+mod datasets;
 mod dead_letters;
 mod error;
-mod extract;
+mod extractors;
+mod health;
 mod jobs;
+mod lifecycle;
+pub mod server;
 mod uploads;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::routing::{get, post};
-use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 
 pub use error::ApiError;
 
 use crate::configuration::Settings;
-use crate::fleet::WorkerInfo;
+use crate::datasets::DatasetStore;
+use crate::etl::EtlContext;
+use crate::fleet::{FleetStore, WorkerInfo};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::pipeline::Registry;
@@ -29,13 +39,16 @@ use crate::queue::JobStore;
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
-    pub pool: PgPool,
-    pub store: JobStore,
+    pub jobs: JobStore,
+    pub fleet: FleetStore,
+    pub datasets: DatasetStore,
     pub registry: Arc<Registry>,
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<WorkerInfo>,
-    pub etl: Arc<crate::etl::Etl>,
+    pub etl: Arc<EtlContext>,
+    /// Clean-ups left behind by requests that were cut off (a partly stored upload).
+    pub cleanup: TaskTracker,
 }
 
 /// Which routes a process serves: `serve` and `api` the whole API, `worker` the control plane
@@ -46,35 +59,56 @@ pub enum Surface {
     ControlOnly,
 }
 
+/// Extra bytes of multipart framing allowed on top of `etl.max_upload_bytes`.
+pub const FORM_OVERHEAD: u64 = 64 * 1024;
+
 pub fn router(state: AppState, surface: Surface) -> Router {
+    let api = &state.settings.api;
     let mut v1 = Router::new()
-        .route("/lifecycle", get(control::lifecycle))
-        .route("/lifecycle/drain", post(control::lifecycle_drain))
-        .route("/lifecycle/resume", post(control::lifecycle_resume))
-        .route("/fleet", get(control::fleet))
-        .route("/fleet/drain", post(control::fleet_drain))
-        .route("/fleet/resume", post(control::fleet_resume));
+        .route("/lifecycle", get(lifecycle::show))
+        .route("/lifecycle/drain", post(lifecycle::drain))
+        .route("/lifecycle/resume", post(lifecycle::resume))
+        .route("/fleet", get(lifecycle::fleet))
+        .route("/fleet/drain", post(lifecycle::fleet_drain))
+        .route("/fleet/resume", post(lifecycle::fleet_resume));
     if surface == Surface::Full {
         v1 = v1
-            .route(
-                "/uploads",
-                // The upload handler enforces etl.max_upload_bytes itself while streaming.
-                post(uploads::upload).layer(DefaultBodyLimit::disable()),
-            )
             .route("/jobs", post(jobs::create).get(jobs::list))
             .route("/jobs/{id}", get(jobs::show))
             .route("/jobs/{id}/cancel", post(jobs::cancel))
             .route("/dead-letters", get(dead_letters::list))
             .route("/dead-letters/retry", post(dead_letters::retry_bulk))
-            .route("/dead-letters/{id}/retry", post(dead_letters::retry_one));
+            .route("/dead-letters/{id}/retry", post(dead_letters::retry_one))
+            .route("/datasets", get(datasets::list));
     }
-    let limit = state.settings.api.max_body_bytes;
-    Router::new()
+    // Every route but uploads answers within request_timeout_ms.
+    let timeout = Duration::from_millis(api.request_timeout_ms);
+    let mut routes = Router::new()
         .nest("/v1", v1)
-        .route("/healthz", get(control::healthz))
-        .route("/readyz", get(control::readyz))
-        .route("/metrics", get(control::metrics))
-        .route("/openapi.json", get(control::openapi))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .layer(DefaultBodyLimit::max(api.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
+    if surface == Surface::Full {
+        // Uploads are bounded by the pause between body parts and api.upload_timeout_ms; the
+        // body limit counts every part of the form, not just the file.
+        let limit = state.etl.settings.max_upload_bytes + FORM_OVERHEAD;
+        let upload_timeout = Duration::from_millis(api.upload_timeout_ms);
+        let uploads = Router::new()
+            .route("/v1/uploads", post(uploads::upload))
+            .layer(DefaultBodyLimit::max(limit as usize))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                upload_timeout,
+            ));
+        routes = routes.merge(uploads);
+    }
+    routes
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -87,7 +121,9 @@ pub fn router(state: AppState, surface: Surface) -> Router {
             state.clone(),
             auth::require_token,
         ))
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // Failures are logged where they happen, once, at their real level (ApiError: an id
+        // and the detail for 500s, a warning for an unavailable dependency); the default
+        // on_failure would add an ERROR line for every 5xx, a draining /readyz included.
+        .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }

@@ -1,41 +1,38 @@
-//! `POST /v1/uploads` (multipart) and the ETL form of `POST /v1/jobs`: a source workbook in the
-//! blob store, checked, enqueued as an `etl` job, and recorded in the audit log.
+//! `POST /v1/uploads`: a multipart form (`file`, `bu_id`, `connector`, optional
+//! `idempotency_key`). The file streams into the blob store under a generated key, then
+//! `etl::submit` enqueues the job with its audit row in one transaction.
+//!
+//! Bounds: the whole form is limited to `etl.max_upload_bytes` plus framing (every part
+//! counts), a pause longer than `api.body_read_timeout_ms` between body parts is a 408, and a
+//! request cut off at any point — refused, timed out, or dropped by a shutdown — leaves no
+//! blob behind: a guard deletes whatever it stored unless a job now points at it.
+
+use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::extract::multipart::{Field, Multipart, MultipartError};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use axum::extract::multipart::{Field, MultipartError};
+use axum::http::StatusCode;
 
 use super::AppState;
-use super::auth::Caller;
 use super::error::ApiError;
+use super::extractors::Multipart;
+use super::jobs::accepted;
+use crate::etl::BlobKey;
+use crate::etl::submit::{self, Submission, SubmitError};
 use crate::etl::workbook::sniff;
-use crate::etl::{ETL_KIND, EtlPayload, validate_blob_key, validate_bu_id};
-use crate::queue::NewJob;
-use crate::storage::StorageError;
+use crate::queue::Actor;
+use crate::storage::BlobStore;
 
 /// Largest text field (bu_id, connector, idempotency_key) read from a multipart form.
 const MAX_FIELD_BYTES: usize = 1024;
-/// Multipart framing on top of the file itself.
-const FORM_OVERHEAD: u64 = 64 * 1024;
 const WORKBOOK_EXTENSIONS: [&str; 5] = ["xlsx", "xlsm", "xlsb", "xls", "ods"];
 
 fn too_large(max: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
-        format!("the upload is larger than the limit of {max} bytes"),
-    )
-}
-
-fn storage_error(e: StorageError) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "blob_store_unavailable",
-        format!("storing the upload failed; retry shortly: {e}"),
+        format!("the upload is larger than the limit of {max} bytes (etl.max_upload_bytes)"),
     )
 }
 
@@ -44,27 +41,70 @@ fn multipart_error(e: MultipartError) -> ApiError {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            e.body_text(),
+            "the form is larger than the upload limit (etl.max_upload_bytes)",
         );
     }
     ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
 }
 
-/// The fields of an ETL job, checked the same way for uploads and `POST /v1/jobs`.
-fn check_target(state: &AppState, bu_id: &str, connector: &str) -> Result<(), ApiError> {
-    validate_bu_id(bu_id)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_bu_id", m))?;
-    state
-        .etl
-        .connector(connector)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_connector", m))?;
-    Ok(())
+fn stalled(pause: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the client sent nothing for {} ms (api.body_read_timeout_ms)",
+            pause.as_millis()
+        ),
+    )
 }
 
-async fn text_field(mut field: Field<'_>) -> Result<String, ApiError> {
+/// Deletes a stored upload unless disarmed: on refusal, on error, and when the request future
+/// is dropped midway (client gone, timeout, shutdown) — the delete is then handed to the
+/// server's clean-up tracker, which shutdown awaits.
+struct StoredGuard {
+    blobs: BlobStore,
+    key: Option<String>,
+    cleanup: tokio_util::task::TaskTracker,
+}
+
+impl StoredGuard {
+    fn disarm(&mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for StoredGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let blobs = self.blobs.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                self.cleanup.spawn_on(
+                    async move {
+                        if let Err(e) = blobs.delete(&key).await {
+                            tracing::warn!(key, error = %e, "removing a refused upload failed");
+                        }
+                    },
+                    &rt,
+                );
+            }
+        }
+    }
+}
+
+async fn next_chunk(
+    field: &mut Field<'_>,
+    pause: Duration,
+) -> Result<Option<bytes::Bytes>, ApiError> {
+    tokio::time::timeout(pause, field.chunk())
+        .await
+        .map_err(|_| stalled(pause))?
+        .map_err(multipart_error)
+}
+
+async fn text_field(mut field: Field<'_>, pause: Duration) -> Result<String, ApiError> {
     let name = field.name().unwrap_or_default().to_string();
     let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+    while let Some(chunk) = next_chunk(&mut field, pause).await? {
         buf.extend_from_slice(&chunk);
         if buf.len() > MAX_FIELD_BYTES {
             return Err(ApiError::bad_request(format!(
@@ -72,43 +112,55 @@ async fn text_field(mut field: Field<'_>) -> Result<String, ApiError> {
             )));
         }
     }
-    String::from_utf8(buf)
-        .map(|s| s.trim().to_string())
-        .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8 text")))
+    let text = String::from_utf8(buf)
+        .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8 text")))?;
+    if text.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(ApiError::bad_request(format!(
+            "field {name} contains control characters"
+        )));
+    }
+    Ok(text.trim().to_string())
 }
 
 /// The blob key of a new upload: generated, so nothing the client sends becomes a path. The
 /// extension is kept only when it is a known workbook type, for people browsing the store.
-fn upload_key(file_name: Option<&str>) -> String {
+fn upload_key(file_name: Option<&str>) -> BlobKey {
     let ext = file_name
         .and_then(|n| n.rsplit_once('.'))
         .map(|(_, e)| e.to_ascii_lowercase())
         .filter(|e| WORKBOOK_EXTENSIONS.contains(&e.as_str()))
         .unwrap_or_else(|| "bin".into());
-    format!(
+    BlobKey::parse(&format!(
         "uploads/{}/{}.{ext}",
         chrono::Utc::now().format("%Y/%m/%d"),
         uuid::Uuid::new_v4().simple()
-    )
+    ))
+    .expect("generated keys are valid")
 }
 
 struct Stored {
-    key: String,
+    key: BlobKey,
     size: u64,
     file_name: Option<String>,
 }
 
 /// Streams the file field into the blob store, refusing it past `max` bytes or when its first
-/// bytes are not a workbook. Nothing is left in the store on failure.
-async fn store_file(state: &AppState, mut field: Field<'_>, max: u64) -> Result<Stored, ApiError> {
+/// bytes are not a workbook. An unfinished write leaves nothing (object_store discards it).
+async fn store_file(
+    state: &AppState,
+    mut field: Field<'_>,
+    max: u64,
+    pause: Duration,
+    guard: &mut StoredGuard,
+) -> Result<Stored, ApiError> {
     let file_name = field
         .file_name()
         .map(|n| n.chars().filter(|c| !c.is_control()).take(255).collect());
     let key = upload_key(file_name.as_deref());
-    let mut w = state.etl.blobs.writer(&key).await.map_err(storage_error)?;
+    let mut w = state.etl.blobs.writer(key.as_str()).await?;
     let mut head = Vec::with_capacity(8);
     let result: Result<(), ApiError> = async {
-        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        while let Some(chunk) = next_chunk(&mut field, pause).await? {
             if w.written + chunk.len() as u64 > max {
                 return Err(too_large(max));
             }
@@ -116,7 +168,7 @@ async fn store_file(state: &AppState, mut field: Field<'_>, max: u64) -> Result<
                 let take = (8 - head.len()).min(chunk.len());
                 head.extend_from_slice(&chunk[..take]);
             }
-            w.write(&chunk).await.map_err(storage_error)?;
+            w.write(&chunk).await?;
         }
         if head.len() < 8 && !head.is_empty() {
             return Err(ApiError::new(
@@ -137,7 +189,9 @@ async fn store_file(state: &AppState, mut field: Field<'_>, max: u64) -> Result<
     match result {
         Ok(()) => {
             let size = w.written;
-            w.finish().await.map_err(storage_error)?;
+            // From here the blob exists: the guard owns it until a job points at it.
+            guard.key = Some(key.to_string());
+            w.finish().await?;
             Ok(Stored {
                 key,
                 size,
@@ -153,190 +207,89 @@ async fn store_file(state: &AppState, mut field: Field<'_>, max: u64) -> Result<
 
 pub async fn upload(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    mut form: Multipart,
-) -> Result<impl IntoResponse, ApiError> {
+    Extension(actor): Extension<Actor>,
+    Multipart(mut form): Multipart,
+) -> Result<axum::response::Response, ApiError> {
     let max = state.etl.settings.max_upload_bytes;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max + FORM_OVERHEAD) {
-        return Err(too_large(max));
-    }
+    let pause = Duration::from_millis(state.settings.api.body_read_timeout_ms);
+    let mut guard = StoredGuard {
+        blobs: state.etl.blobs.clone(),
+        key: None,
+        cleanup: state.cleanup.clone(),
+    };
     let (mut bu_id, mut connector, mut idempotency_key): (
         Option<String>,
         Option<String>,
         Option<String>,
     ) = (None, None, None);
     let mut stored: Option<Stored> = None;
-    let read: Result<(), ApiError> = async {
-        while let Some(field) = form.next_field().await.map_err(multipart_error)? {
-            match field.name().unwrap_or_default() {
-                "file" => {
-                    if stored.is_some() {
-                        return Err(ApiError::bad_request("more than one file field"));
-                    }
-                    // Fields sent before the file are checked before it is stored.
-                    if let (Some(b), Some(c)) = (&bu_id, &connector) {
-                        check_target(&state, b, c)?;
-                    }
-                    stored = Some(store_file(&state, field, max).await?);
+    loop {
+        let field = tokio::time::timeout(pause, form.next_field())
+            .await
+            .map_err(|_| stalled(pause))?
+            .map_err(multipart_error)?;
+        let Some(field) = field else { break };
+        match field.name().unwrap_or_default() {
+            "file" => {
+                if stored.is_some() {
+                    return Err(ApiError::bad_request("more than one file field"));
                 }
-                "bu_id" => bu_id = Some(text_field(field).await?),
-                "connector" => connector = Some(text_field(field).await?),
-                "idempotency_key" => idempotency_key = Some(text_field(field).await?),
-                other => {
-                    return Err(ApiError::bad_request(format!(
-                        "unknown field {other:?}; expected file, bu_id, connector, idempotency_key"
-                    )));
+                // Fields sent before the file are checked before it is stored.
+                if let (Some(b), Some(c)) = (&bu_id, &connector) {
+                    submit::check_target(&state.etl, b, c)?;
                 }
+                stored = Some(store_file(&state, field, max, pause, &mut guard).await?);
+            }
+            "bu_id" => bu_id = Some(text_field(field, pause).await?),
+            "connector" => connector = Some(text_field(field, pause).await?),
+            "idempotency_key" => idempotency_key = Some(text_field(field, pause).await?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown field {:?}; expected file, bu_id, connector, idempotency_key",
+                    other.escape_debug().to_string()
+                )));
             }
         }
-        Ok(())
     }
-    .await;
-    let outcome = async {
-        read?;
-        let bu_id = bu_id.ok_or_else(|| ApiError::bad_request("missing field bu_id"))?;
-        let connector =
-            connector.ok_or_else(|| ApiError::bad_request("missing field connector"))?;
-        check_target(&state, &bu_id, &connector)?;
-        let file = stored
-            .as_ref()
-            .ok_or_else(|| ApiError::bad_request("missing field file"))?;
-        let payload = EtlPayload {
+    let bu_id = bu_id.ok_or_else(|| ApiError::bad_request("missing field bu_id"))?;
+    let connector = connector.ok_or_else(|| ApiError::bad_request("missing field connector"))?;
+    let (bu_id, connector) = submit::check_target(&state.etl, &bu_id, &connector)?;
+    let file = stored.ok_or_else(|| ApiError::bad_request("missing field file"))?;
+    let submitted = submit::submit(
+        &state.etl,
+        &actor,
+        Submission {
             bu_id,
             connector,
             source_blob: file.key.clone(),
-            file_name: file.file_name.clone(),
-            uploaded_by: Some(caller.0.clone()),
-        };
-        enqueue(
-            &state,
-            &caller,
-            payload,
-            idempotency_key.filter(|k| !k.is_empty()),
-            "upload",
-            Some(file.size),
-        )
-        .await
-    }
+            file_name: file.file_name,
+            idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
+            action: "upload",
+            bytes: Some(file.size),
+        },
+    )
     .await;
-    match outcome {
-        Ok((job_id, created)) => {
-            if !created && let Some(file) = &stored {
-                // The key named an existing job, which has its own copy of the file.
-                let _ = state.etl.blobs.delete(&file.key).await;
+    match submitted {
+        // A new job points at the blob: it stays.
+        Ok(enq) if enq.created => {
+            guard.disarm();
+            Ok(accepted(enq))
+        }
+        // The key named an existing job, which has its own copy: this one goes now.
+        Ok(enq) => {
+            guard.disarm();
+            if let Err(e) = state.etl.blobs.delete(file.key.as_str()).await {
+                tracing::warn!(key = %file.key, error = %e, "removing a duplicate upload failed");
             }
-            Ok(accepted(job_id, created))
+            Ok(accepted(enq))
         }
-        Err(e) => {
-            if let Some(file) = &stored {
-                let _ = state.etl.blobs.delete(&file.key).await;
-            }
-            Err(e)
+        Err(e @ SubmitError::Uncertain(_)) => {
+            // The job may exist: keep its blob (an orphan is better than a job whose file
+            // was deleted under it).
+            guard.disarm();
+            tracing::error!(key = %file.key, error = %e, "upload commit outcome unknown; blob kept");
+            Err(e.into())
         }
+        Err(e) => Err(e.into()),
     }
-}
-
-fn accepted(job_id: i64, created: bool) -> impl IntoResponse {
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({
-            "job_id": job_id,
-            "status_url": format!("/v1/jobs/{job_id}"),
-            "created": created,
-        })),
-    )
-}
-
-/// Enqueues the job and records the action in `audit_log`; returns (job id, created).
-async fn enqueue(
-    state: &AppState,
-    caller: &Caller,
-    payload: EtlPayload,
-    idempotency_key: Option<String>,
-    action: &str,
-    size: Option<u64>,
-) -> Result<(i64, bool), ApiError> {
-    let mut job = NewJob::new(ETL_KIND, serde_json::to_value(&payload).expect("serialise"));
-    job.idempotency_key = idempotency_key;
-    let enq = state.store.enqueue(&job).await?;
-    if enq.created {
-        sqlx::query(
-            "INSERT INTO audit_log (actor, source, action, job_id, bu_id, connector, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&caller.0)
-        .bind(format!("etlq-api/{}", state.identity.version))
-        .bind(action)
-        .bind(enq.job_id)
-        .bind(&payload.bu_id)
-        .bind(&payload.connector)
-        .bind(json!({
-            "source_blob": payload.source_blob,
-            "file_name": payload.file_name,
-            "bytes": size,
-        }))
-        .execute(&state.pool)
-        .await?;
-    }
-    Ok((enq.job_id, enq.created))
-}
-
-/// `POST /v1/jobs` for a blob already in the store.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlobJob {
-    pub bu_id: String,
-    pub connector: String,
-    pub source_blob: String,
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
-}
-
-pub async fn create_from_blob(
-    state: &AppState,
-    caller: &Caller,
-    req: BlobJob,
-) -> Result<axum::response::Response, ApiError> {
-    check_target(state, &req.bu_id, &req.connector)?;
-    validate_blob_key(&req.source_blob).map_err(ApiError::bad_request)?;
-    let head = match state.etl.blobs.head_bytes(&req.source_blob, 8).await {
-        Ok(h) => h,
-        Err(StorageError::NotFound(_)) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "source_blob_not_found",
-                format!("source_blob {:?} is not in the blob store", req.source_blob),
-            ));
-        }
-        Err(e) => return Err(storage_error(e)),
-    };
-    sniff(&head).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "not_a_workbook",
-            e.to_string(),
-        )
-    })?;
-    let payload = EtlPayload {
-        bu_id: req.bu_id,
-        connector: req.connector,
-        source_blob: req.source_blob,
-        file_name: None,
-        uploaded_by: Some(caller.0.clone()),
-    };
-    let (job_id, created) = enqueue(
-        state,
-        caller,
-        payload,
-        req.idempotency_key,
-        "enqueue_blob",
-        None,
-    )
-    .await?;
-    Ok(accepted(job_id, created).into_response())
 }

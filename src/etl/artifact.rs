@@ -1,9 +1,7 @@
 //! The records artifact and what makes documents deterministic: ids from (bu_id, connector,
 //! key values) and content hashes that verify sums.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -28,21 +26,83 @@ pub fn latest_prefix(bu_id: &str, connector: &str) -> String {
 
 /// A document id: 32 hex digits of SHA-256 over bu_id, connector and the key values' JSON
 /// (so `"1"` and `1` differ), separated by a byte no text contains. Cosmos-safe characters.
-pub fn doc_id(bu_id: &str, connector: &str, key: &[&Value]) -> String {
+pub fn doc_id(bu_id: &str, connector: &str, key: &[&Value<'_>]) -> String {
+    hex_id(&doc_digest(bu_id, connector, key))
+}
+
+/// The 16 bytes `doc_id` shows in hex.
+pub fn doc_digest(bu_id: &str, connector: &str, key: &[&Value<'_>]) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(bu_id.as_bytes());
     h.update([0x1f]);
     h.update(connector.as_bytes());
+    let mut json = String::new();
     for v in key {
         h.update([0x1f]);
-        h.update(serde_json::to_vec(v).expect("values serialise").as_slice());
+        json.clear();
+        write_value(v, &mut json);
+        h.update(json.as_bytes());
     }
     let digest = h.finalize();
+    digest[..16].try_into().expect("16 bytes")
+}
+
+pub fn hex_id(digest: &[u8; 16]) -> String {
     let mut s = String::with_capacity(32);
-    for b in &digest[..16] {
+    for b in digest {
         write!(s, "{b:02x}").expect("writing to a String");
     }
     s
+}
+
+/// Appends `v` as JSON: what serde_json writes for it (a test holds them equal), without
+/// going through a serializer for the common values.
+pub fn write_value(v: &Value<'_>, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::String(s) => write_json_str(s, out),
+        Value::Integer(i) => write!(out, "{i}").expect("writing to a String"),
+        Value::Decimal(d) => write!(out, "\"{d}\"").expect("writing to a String"),
+        Value::Date(d) if (0..=9999).contains(&chrono::Datelike::year(d)) => {
+            use chrono::Datelike;
+            write!(out, "\"{:04}-{:02}-{:02}\"", d.year(), d.month(), d.day())
+                .expect("writing to a String");
+        }
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        other => out.push_str(&serde_json::to_string(other).expect("values serialise")),
+    }
+}
+
+/// A JSON string literal, escaped as serde_json escapes it.
+fn write_json_str(s: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// The first 8 bytes of SHA-256 over id and body, as a signed integer (PostgreSQL `bigint`).
@@ -55,22 +115,41 @@ pub fn content_hash(id: &str, body: &str) -> i64 {
     i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
-/// Appends one record as a line of the records artifact; returns its hash.
+/// Appends one record (its JSON `body`) as a line of the records artifact; returns its hash.
 pub fn write_line(
-    out: &mut Vec<u8>,
+    out: &mut dyn std::io::Write,
     id: &str,
     row: usize,
-    record: &BTreeMap<String, Value>,
-) -> i64 {
-    let body = serde_json::to_string(record).expect("records serialise");
-    let hash = content_hash(id, &body);
+    body: &str,
+) -> std::io::Result<i64> {
+    let hash = content_hash(id, body);
     // Hand-written so the body is embedded verbatim: the sink stores exactly the hashed bytes.
     writeln!(
         out,
         "{{\"id\":\"{id}\",\"row\":{row},\"hash\":{hash},\"data\":{body}}}"
-    )
-    .expect("writing to a Vec");
-    hash
+    )?;
+    Ok(hash)
+}
+
+/// A page of a run's rejected rows (`runs/{job}/rejected.ndjson`) and how many there are.
+pub async fn rejected_page(
+    blobs: &crate::storage::BlobStore,
+    job_id: i64,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<super::mapping::RejectedRow>, usize), crate::storage::StorageError> {
+    let bytes = blobs
+        .get(&format!("{}/{REJECTED}", run_prefix(job_id)))
+        .await?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let page = lines
+        .iter()
+        .skip(offset)
+        .take(limit)
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    Ok((page, lines.len()))
 }
 
 #[derive(Deserialize)]
@@ -90,37 +169,90 @@ pub struct ArtifactError {
 
 /// Parses the records artifact back into documents, in file order.
 pub fn read_documents(bytes: &[u8]) -> Result<Vec<Document>, ArtifactError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| ArtifactError {
-        line: 0,
-        message: e.to_string(),
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(i, l)| {
-            let line: Line = serde_json::from_str(l).map_err(|e| ArtifactError {
-                line: i + 1,
-                message: e.to_string(),
-            })?;
-            let body = line.data.get();
-            if content_hash(line.id, body) != line.hash {
-                return Err(ArtifactError {
-                    line: i + 1,
-                    message: "content hash does not match (artifact damaged)".into(),
-                });
-            }
-            Ok(Document {
-                id: line.id.to_string(),
-                body: body.to_string(),
-                hash: line.hash,
-            })
-        })
-        .collect()
+    let mut lines = DocumentLines::default();
+    let mut docs = Vec::new();
+    lines.feed(bytes, &mut docs)?;
+    lines.finish(&mut docs)?;
+    Ok(docs)
 }
 
-/// Order-independent checksum of a set of documents: the sum of their hashes.
-pub fn checksum<'a>(hashes: impl IntoIterator<Item = &'a i64>) -> i128 {
-    hashes.into_iter().map(|h| i128::from(*h)).sum()
+/// Reads the records artifact chunk by chunk (sync streams it instead of holding it).
+#[derive(Default)]
+pub struct DocumentLines {
+    carry: Vec<u8>,
+    line: usize,
+}
+
+impl DocumentLines {
+    /// Parses every line `chunk` completes into `out`; keeps an unfinished last line.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Document>) -> Result<(), ArtifactError> {
+        self.carry.extend_from_slice(chunk);
+        let Some(end) = self.carry.iter().rposition(|b| *b == b'\n') else {
+            return Ok(());
+        };
+        let complete = std::mem::take(&mut self.carry);
+        let (lines, rest) = complete.split_at(end + 1);
+        for l in lines.split(|b| *b == b'\n') {
+            self.line += 1;
+            if !l.is_empty() {
+                out.push(parse_line(l, self.line)?);
+            }
+        }
+        // The last split piece is the empty one after the final newline.
+        self.line -= 1;
+        self.carry.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// The end of the artifact: a last line without its newline still counts.
+    pub fn finish(mut self, out: &mut Vec<Document>) -> Result<(), ArtifactError> {
+        if !self.carry.is_empty() {
+            self.line += 1;
+            out.push(parse_line(&std::mem::take(&mut self.carry), self.line)?);
+        }
+        Ok(())
+    }
+}
+
+/// One line: the exact layout `write_line` writes is read by hand; anything else (an older
+/// writer, a hand-edited file) through serde. Either way the content hash is checked.
+fn parse_line(bytes: &[u8], line: usize) -> Result<Document, ArtifactError> {
+    let fail = |message: String| ArtifactError { line, message };
+    let text = std::str::from_utf8(bytes).map_err(|e| fail(e.to_string()))?;
+    let (id, hash, body) = match split_line(text) {
+        Some(parts) => parts,
+        None => {
+            let l: Line = serde_json::from_str(text).map_err(|e| fail(e.to_string()))?;
+            (l.id, l.hash, l.data.get())
+        }
+    };
+    if content_hash(id, body) != hash {
+        return Err(fail(
+            "content hash does not match (artifact damaged)".into(),
+        ));
+    }
+    Ok(Document {
+        id: id.to_string(),
+        body: body.to_string(),
+        hash,
+    })
+}
+
+/// `{"id":"<hex>","row":N,"hash":H,"data":BODY}` → (id, hash, BODY).
+fn split_line(text: &str) -> Option<(&str, i64, &str)> {
+    let rest = text.strip_prefix("{\"id\":\"")?;
+    let (id, rest) = rest.split_once('"')?;
+    if !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let rest = rest.strip_prefix(",\"row\":")?;
+    let (row, rest) = rest.split_once(',')?;
+    row.parse::<u64>().ok()?;
+    let rest = rest.strip_prefix("\"hash\":")?;
+    let (hash, rest) = rest.split_once(',')?;
+    let hash = hash.parse().ok()?;
+    let body = rest.strip_prefix("\"data\":")?.strip_suffix('}')?;
+    (body.starts_with('{') && body.ends_with('}')).then_some((id, hash, body))
 }
 
 #[cfg(test)]
@@ -138,18 +270,57 @@ mod tests {
     }
 
     #[test]
-    fn lines_round_trip_and_damage_is_detected() {
-        let mut rec = BTreeMap::new();
-        rec.insert(
-            "amount".to_string(),
+    fn values_are_written_as_serde_json_writes_them() {
+        let date = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+        let mut texts: Vec<String> = [
+            "",
+            "plain",
+            "a \"quoted\"\n line",
+            "tab\there",
+            "back\\slash",
+            "\u{0}\u{1f}\u{7f}",
+            "Miete März €",
+            "\u{8}\u{c}\r",
+            "emoji 🧾",
+            "</script>",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        texts.extend((0u8..=127).map(|b| format!("x{}y", b as char)));
+        let mut values: Vec<Value> = texts
+            .iter()
+            .map(|t| Value::String(t.as_str().into()))
+            .collect();
+        values.extend([
+            Value::Null,
+            Value::Integer(0),
+            Value::Integer(i64::MIN),
+            Value::Integer(i64::MAX),
             Value::Decimal(Decimal::new(-123456, 2)),
-        );
-        rec.insert(
-            "text".to_string(),
-            Value::String("a \"quoted\"\n line".into()),
-        );
+            Value::Decimal(Decimal::new(1_000, 3)),
+            Value::Decimal(Decimal::MAX),
+            Value::Date(date(2025, 12, 31)),
+            Value::Date(date(1, 1, 1)),
+            Value::Date(date(-44, 3, 15)),
+            Value::Date(date(12345, 6, 7)),
+            Value::DateTime(date(2025, 1, 2).and_hms_milli_opt(3, 4, 5, 60).unwrap()),
+            Value::DateTime(date(2025, 1, 2).and_hms_opt(0, 0, 0).unwrap()),
+            Value::Bool(true),
+            Value::Bool(false),
+        ]);
+        for v in &values {
+            let mut ours = String::new();
+            write_value(v, &mut ours);
+            assert_eq!(ours, serde_json::to_string(v).unwrap(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn lines_round_trip_and_damage_is_detected() {
+        let body = r#"{"amount":"-1234.56","text":"a \"quoted\"\n line"}"#;
         let mut out = Vec::new();
-        let h = write_line(&mut out, "abc", 7, &rec);
+        let h = write_line(&mut out, "abc", 7, body).unwrap();
         let docs = read_documents(&out).unwrap();
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0].hash, h);
@@ -157,9 +328,25 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&docs[0].body).unwrap()["amount"],
             "-1234.56"
         );
-        let damaged = String::from_utf8(out)
+        let damaged = String::from_utf8(out.clone())
             .unwrap()
             .replace("1234.56", "1234.57");
         assert!(read_documents(damaged.as_bytes()).is_err());
+        // Fed in pieces of any size, the same documents come out.
+        for size in [1, 7, 64] {
+            let mut twice = out.clone();
+            twice.extend_from_slice(&out);
+            let mut lines = DocumentLines::default();
+            let mut docs = Vec::new();
+            for piece in twice.chunks(size) {
+                lines.feed(piece, &mut docs).unwrap();
+            }
+            lines.finish(&mut docs).unwrap();
+            assert_eq!(docs.len(), 2);
+            assert!(docs.iter().all(|d| d.hash == h && d.body == body));
+        }
+        // A line in another key order (not the writer's layout) is read through serde.
+        let other = format!("{{\"hash\":{h},\"id\":\"abc\",\"data\":{body},\"row\":7}}\n");
+        assert_eq!(read_documents(other.as_bytes()).unwrap()[0].body, body);
     }
 }

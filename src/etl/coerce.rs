@@ -2,19 +2,22 @@
 //! locale-formatted numbers held as text (`1.234,56-`, `(1,234.56)`), Excel serial dates and
 //! dates held as text (`31.12.2025`).
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-/// A cell as the reader saw it (mapped from calamine's `Data`).
+/// A cell as the reader saw it (mapped from calamine's `Data`). Text borrows from the
+/// workbook's shared-strings table where the reader allows it (xlsx, xlsb): most cells of an
+/// export are shared strings, and copying each one was the extract's largest cost.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
+pub enum Cell<'a> {
     Empty,
     Int(i64),
     Float(f64),
-    Text(String),
+    Text(Cow<'a, str>),
     Bool(bool),
     /// An Excel date/time serial (1900 date system), from a cell formatted as a date.
     Serial(f64),
@@ -22,6 +25,32 @@ pub enum Cell {
     Iso(String),
     /// A cell error such as `#N/A`.
     Error(String),
+}
+
+impl Cell<'_> {
+    /// The same cell, owning its text.
+    pub fn into_owned(self) -> Cell<'static> {
+        match self {
+            Cell::Empty => Cell::Empty,
+            Cell::Int(i) => Cell::Int(i),
+            Cell::Float(f) => Cell::Float(f),
+            Cell::Text(t) => Cell::Text(Cow::Owned(t.into_owned())),
+            Cell::Bool(b) => Cell::Bool(b),
+            Cell::Serial(f) => Cell::Serial(f),
+            Cell::Iso(s) => Cell::Iso(s),
+            Cell::Error(e) => Cell::Error(e),
+        }
+    }
+
+    /// Empty, or text that is only whitespace (what `as_text` would make empty).
+    pub fn is_blank(&self) -> bool {
+        match self {
+            Cell::Empty => true,
+            Cell::Text(t) => t.trim().is_empty(),
+            Cell::Iso(s) | Cell::Error(s) => s.is_empty(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -37,7 +66,7 @@ pub enum ColumnType {
 
 /// How numbers and dates held as text are written in an export.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Locale {
     pub decimal_separator: char,
     /// `None` accepts no grouping characters at all.
@@ -59,9 +88,9 @@ impl Default for Locale {
 /// A typed value, serialised into the records artifact.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum Value {
+pub enum Value<'a> {
     Null,
-    String(String),
+    String(Cow<'a, str>),
     Integer(i64),
     /// Serialised as a string so no JSON reader turns it into a float.
     Decimal(#[serde(with = "rust_decimal::serde::str")] Decimal),
@@ -80,7 +109,11 @@ fn err<T>(msg: impl Into<String>) -> Result<T, CoerceError> {
 
 /// Coerces one cell to `ty`. Empty cells (and whitespace-only text) become `Value::Null`;
 /// whether that is allowed is the caller's (the column's `required` flag).
-pub fn coerce(cell: &Cell, ty: ColumnType, locale: &Locale) -> Result<Value, CoerceError> {
+pub fn coerce<'a>(
+    cell: &Cell<'a>,
+    ty: ColumnType,
+    locale: &Locale,
+) -> Result<Value<'a>, CoerceError> {
     if let Cell::Text(t) = cell
         && t.trim().is_empty()
     {
@@ -89,7 +122,7 @@ pub fn coerce(cell: &Cell, ty: ColumnType, locale: &Locale) -> Result<Value, Coe
     match (cell, ty) {
         (Cell::Empty, _) => Ok(Value::Null),
         (Cell::Error(e), _) => err(format!("cell error {e}")),
-        (_, ColumnType::String) => Ok(Value::String(as_text(cell))),
+        (_, ColumnType::String) => Ok(Value::String(text_of(cell))),
         (_, ColumnType::Decimal) => decimal(cell, locale).map(Value::Decimal),
         (_, ColumnType::Integer) => {
             let d = decimal(cell, locale)?;
@@ -118,6 +151,14 @@ pub fn as_text(cell: &Cell) -> String {
     }
 }
 
+/// `as_text`, borrowing where the cell's text is borrowed.
+pub fn text_of<'a>(cell: &Cell<'a>) -> Cow<'a, str> {
+    match cell {
+        Cell::Text(Cow::Borrowed(t)) => Cow::Borrowed(t.trim()),
+        other => Cow::Owned(as_text(other)),
+    }
+}
+
 /// The shortest text that round-trips the float: 1234.56 → "1234.56", 400000.0 → "400000".
 fn float_text(f: f64) -> String {
     let s = format!("{f}");
@@ -142,7 +183,86 @@ fn decimal(cell: &Cell, locale: &Locale) -> Result<Decimal, CoerceError> {
 
 /// Parses numbers held as text: `1,234.56`, `1.234,56`, `1.234,56-` (trailing minus),
 /// `(1,234.56)` (accounting negative), `-5`, `+5`, `1 234,56` (space grouping).
+///
+/// ASCII text (nearly all of it) is parsed without allocating; anything else, and numbers too
+/// long for the fast path, go through `parse_number_text_general`, which defines the result
+/// (a test compares the two).
 pub fn parse_number_text(raw: &str, locale: &Locale) -> Result<Decimal, CoerceError> {
+    if raw.is_ascii()
+        && let Some(r) = parse_ascii_number(raw, locale)
+    {
+        return r;
+    }
+    parse_number_text_general(raw, locale)
+}
+
+/// The fast path of `parse_number_text`: `None` hands the text to the general parser.
+fn parse_ascii_number(raw: &str, locale: &Locale) -> Option<Result<Decimal, CoerceError>> {
+    let bad = || Some(err(format!("not a number: {raw:?}")));
+    let mut s = raw.trim();
+    let mut negative = false;
+    if s.starts_with('(') && s.ends_with(')') && s.len() > 2 {
+        negative = true;
+        s = s[1..s.len() - 1].trim();
+    }
+    if let Some(rest) = s.strip_suffix('-') {
+        negative = !negative;
+        s = rest.trim_end();
+    } else if let Some(rest) = s.strip_prefix('-') {
+        negative = !negative;
+        s = rest.trim_start();
+    } else if let Some(rest) = s.strip_prefix('+') {
+        s = rest.trim_start();
+    }
+    if s.is_empty() {
+        return bad();
+    }
+    let dec = locale.decimal_separator;
+    let (mut mantissa, mut digits, mut scale) = (0u128, 0u32, 0u32);
+    let (mut int_digits, mut in_frac) = (0usize, false);
+    let mut last_group = 0usize;
+    let mut grouped = false;
+    for c in s.chars() {
+        if c == dec {
+            if in_frac {
+                return bad();
+            }
+            in_frac = true;
+        } else if let Some(d) = c.to_digit(10) {
+            if digits >= 38 {
+                return None;
+            }
+            mantissa = mantissa * 10 + u128::from(d);
+            digits += 1;
+            if in_frac {
+                scale += 1;
+            } else {
+                int_digits += 1;
+                last_group += 1;
+            }
+        } else if !in_frac
+            && (Some(c) == locale.thousands_separator
+                || (c == ' ' && locale.thousands_separator.is_some()))
+        {
+            if int_digits == 0 || (grouped && last_group != 3) || (!grouped && last_group > 3) {
+                return bad();
+            }
+            grouped = true;
+            last_group = 0;
+        } else {
+            return bad();
+        }
+    }
+    if (grouped && last_group != 3) || (int_digits == 0 && scale == 0) || (in_frac && scale == 0) {
+        return bad();
+    }
+    let signed = i128::try_from(mantissa).ok()?;
+    let d = Decimal::try_from_i128_with_scale(signed, scale).ok()?;
+    Some(Ok(if negative { -d } else { d }))
+}
+
+/// The general parser (any text, any length), also the fast path's reference.
+fn parse_number_text_general(raw: &str, locale: &Locale) -> Result<Decimal, CoerceError> {
     let bad = || err(format!("not a number: {raw:?}"));
     let mut s: String = raw
         .trim()
@@ -241,7 +361,49 @@ fn date_time(cell: &Cell, locale: &Locale) -> Result<NaiveDateTime, CoerceError>
     match cell {
         Cell::Serial(f) | Cell::Float(f) => excel_serial(*f),
         Cell::Int(i) => excel_serial(*i as f64),
-        Cell::Iso(s) | Cell::Text(s) => {
+        Cell::Iso(s) | Cell::Text(Cow::Owned(s)) => text_date(s, locale),
+        Cell::Text(Cow::Borrowed(s)) => text_date(s, locale),
+        _ => err(format!("expected a date, found {}", describe(cell))),
+    }
+}
+
+/// `%d.%m.%Y`-like formats (day, month and four-digit year, zero-padded, one-character
+/// separators) and `%Y-%m-%d`, parsed by hand: chrono's general parser was a tenth of the
+/// extract. `None`: not that shape, let chrono decide.
+fn simple_date(s: &str, fmt: &str) -> Option<NaiveDate> {
+    let (f, b) = (fmt.as_bytes(), s.as_bytes());
+    let num = |i: usize, n: usize| -> Option<u32> {
+        let mut v = 0u32;
+        for &c in b.get(i..i + n)? {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + u32::from(c - b'0');
+        }
+        Some(v)
+    };
+    match f {
+        [b'%', x, s1, b'%', y, s2, b'%', b'Y']
+            if b.len() == 10 && b[2] == *s1 && b[5] == *s2 && !s1.is_ascii_alphanumeric() =>
+        {
+            let (a, c, year) = (num(0, 2)?, num(3, 2)?, num(6, 4)?);
+            let (day, month) = match (x, y) {
+                (b'd', b'm') => (a, c),
+                (b'm', b'd') => (c, a),
+                _ => return None,
+            };
+            NaiveDate::from_ymd_opt(year as i32, month, day)
+        }
+        b"%Y-%m-%d" if b.len() == 10 && b[4] == b'-' && b[7] == b'-' => {
+            NaiveDate::from_ymd_opt(num(0, 4)? as i32, num(5, 2)?, num(8, 2)?)
+        }
+        _ => None,
+    }
+}
+
+fn text_date(s: &str, locale: &Locale) -> Result<NaiveDateTime, CoerceError> {
+    {
+        {
             let s = s.trim();
             let fmts = locale
                 .date_formats
@@ -249,6 +411,9 @@ fn date_time(cell: &Cell, locale: &Locale) -> Result<NaiveDateTime, CoerceError>
                 .map(String::as_str)
                 .chain(["%Y-%m-%d"]);
             for fmt in fmts {
+                if let Some(d) = simple_date(s, fmt) {
+                    return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
+                }
                 if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
                     return Ok(dt);
                 }
@@ -268,7 +433,6 @@ fn date_time(cell: &Cell, locale: &Locale) -> Result<NaiveDateTime, CoerceError>
             }
             err(format!("not a date: {s:?}"))
         }
-        _ => err(format!("expected a date, found {}", describe(cell))),
     }
 }
 
@@ -279,16 +443,22 @@ fn boolean(cell: &Cell) -> Result<bool, CoerceError> {
         Cell::Int(1) => Ok(true),
         Cell::Float(f) if *f == 0.0 => Ok(false),
         Cell::Float(f) if *f == 1.0 => Ok(true),
-        Cell::Text(t) => match t.trim().to_lowercase().as_str() {
-            "true" | "yes" | "y" | "x" | "1" | "ja" | "j" | "wahr" => Ok(true),
-            "false" | "no" | "n" | "0" | "nein" | "falsch" => Ok(false),
-            other => err(format!("not a boolean: {other:?}")),
-        },
+        Cell::Text(t) => {
+            let t = t.trim();
+            let is = |words: &[&str]| words.iter().any(|w| t.eq_ignore_ascii_case(w));
+            if is(&["true", "yes", "y", "x", "1", "ja", "j", "wahr"]) {
+                Ok(true)
+            } else if is(&["false", "no", "n", "0", "nein", "falsch"]) {
+                Ok(false)
+            } else {
+                err(format!("not a boolean: {:?}", t.to_lowercase()))
+            }
+        }
         _ => err(format!("expected a boolean, found {}", describe(cell))),
     }
 }
 
-fn describe(cell: &Cell) -> String {
+fn describe(cell: &Cell<'_>) -> String {
     match cell {
         Cell::Empty => "an empty cell".into(),
         Cell::Int(i) => format!("the number {i}"),

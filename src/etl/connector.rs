@@ -1,15 +1,15 @@
 //! Connectors: named mappings of an ERP export layout (sheet, header row, typed columns, row
 //! filters, locale), and the grid logic that applies one: header detection and row mapping.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::coerce::{Cell, ColumnType, Locale, Value, as_text, coerce, normalize_header};
+use super::coerce::{Cell, ColumnType, Locale, Value, as_text, coerce, normalize_header, text_of};
 
 /// Which sheet to read.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum SheetRef {
     /// 0-based position in the workbook.
@@ -18,7 +18,7 @@ pub enum SheetRef {
 }
 
 /// Where the header row is.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum HeaderRef {
     /// 1-based row number, as Excel shows it.
@@ -27,7 +27,8 @@ pub enum HeaderRef {
     Auto(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     /// Field name in the output records.
     pub name: String,
@@ -42,7 +43,8 @@ pub struct ColumnSpec {
     pub key: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConnectorSpec {
     pub sheet: SheetRef,
     pub header: HeaderRef,
@@ -80,13 +82,23 @@ pub enum ConnectorError {
     Layout(String),
 }
 
+/// The header is looked for in the first rows only.
+pub const MAX_HEADER_ROW: usize = 100;
+
 /// A connector checked and ready to apply.
 #[derive(Debug, Clone)]
 pub struct Connector {
     pub name: String,
     pub spec: ConnectorSpec,
     skip: Vec<Regex>,
+    /// Key columns' positions in `spec.columns` (and in a `Record`).
+    keys: Vec<usize>,
+    /// `"name":` as JSON, per column, in name order (a record's JSON has sorted keys).
+    json_keys: Vec<(usize, String)>,
 }
+
+/// One mapped row: a value per column of the connector, in `spec.columns` order.
+pub type Record<'a> = Vec<Value<'a>>;
 
 impl Connector {
     pub fn new(name: &str, spec: ConnectorSpec) -> Result<Self, ConnectorError> {
@@ -98,9 +110,13 @@ impl Connector {
             return Err(invalid("needs at least one key column".into()));
         }
         let mut seen = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         for c in &spec.columns {
             if !seen.insert(normalize_header(&c.header)) {
                 return Err(invalid(format!("header {:?} is mapped twice", c.header)));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(invalid(format!("column name {:?} is used twice", c.name)));
             }
         }
         if let HeaderRef::Auto(s) = &spec.header
@@ -108,6 +124,16 @@ impl Connector {
         {
             return Err(invalid(format!(
                 "header must be a row number or \"auto\", not {s:?}"
+            )));
+        }
+        // The header region is buffered before the column limit is known: keep it small.
+        let header_row = match spec.header {
+            HeaderRef::Row(n) => n,
+            HeaderRef::Auto(_) => 0,
+        };
+        if header_row > MAX_HEADER_ROW || spec.header_search_rows > MAX_HEADER_ROW {
+            return Err(invalid(format!(
+                "header row and header_search_rows must be at most {MAX_HEADER_ROW}"
             )));
         }
         if !(0.0..=1.0).contains(&spec.max_rejected_ratio) {
@@ -118,16 +144,35 @@ impl Connector {
             .iter()
             .map(|p| Regex::new(p).map_err(|e| invalid(format!("pattern {p:?}: {e}"))))
             .collect::<Result<_, _>>()?;
+        let keys = (0..spec.columns.len())
+            .filter(|i| spec.columns[*i].key)
+            .collect();
+        let mut json_keys: Vec<(usize, String)> = spec
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let name = serde_json::to_string(&c.name).expect("strings serialise");
+                (i, format!("{name}:"))
+            })
+            .collect();
+        json_keys.sort_by(|a, b| spec.columns[a.0].name.cmp(&spec.columns[b.0].name));
         Ok(Connector {
             name: name.to_string(),
             spec,
             skip,
+            keys,
+            json_keys,
         })
     }
 
     /// Finds the header row in `rows` (the sheet's first rows, 0-based) and maps each column
     /// spec to a column index.
-    pub fn locate_header(&self, sheet: &str, rows: &[Vec<Cell>]) -> Result<Header, ConnectorError> {
+    pub fn locate_header(
+        &self,
+        sheet: &str,
+        rows: &[Vec<Cell<'_>>],
+    ) -> Result<Header, ConnectorError> {
         let wanted: Vec<(usize, String)> = self
             .spec
             .columns
@@ -135,7 +180,7 @@ impl Connector {
             .enumerate()
             .map(|(i, c)| (i, normalize_header(&c.header)))
             .collect();
-        let match_row = |row: &[Cell]| -> Vec<Option<usize>> {
+        let match_row = |row: &[Cell<'_>]| -> Vec<Option<usize>> {
             let texts: Vec<String> = row.iter().map(|c| normalize_header(&as_text(c))).collect();
             wanted
                 .iter()
@@ -188,12 +233,9 @@ impl Connector {
     }
 
     /// Maps one data row (0-based `row_index` in the sheet).
-    pub fn map_row(&self, header: &Header, row: &[Cell]) -> RowOutcome {
+    pub fn map_row<'a>(&self, header: &Header, row: &[Cell<'a>]) -> RowOutcome<'a> {
         let cell = |i: Option<usize>| i.and_then(|i| row.get(i)).unwrap_or(&Cell::Empty);
-        let blank = header
-            .columns
-            .iter()
-            .all(|i| matches!(cell(*i), Cell::Empty) || as_text(cell(*i)).is_empty());
+        let blank = header.columns.iter().all(|i| cell(*i).is_blank());
         if blank {
             return if self.spec.skip_blank_rows {
                 RowOutcome::Skipped
@@ -205,12 +247,15 @@ impl Connector {
                 }])
             };
         }
-        for (spec, idx) in self.spec.columns.iter().zip(&header.columns) {
-            if spec.key && self.skip.iter().any(|re| re.is_match(&as_text(cell(*idx)))) {
-                return RowOutcome::Skipped;
+        if !self.skip.is_empty() {
+            for k in &self.keys {
+                let text: Cow<'_, str> = text_of(cell(header.columns[*k]));
+                if self.skip.iter().any(|re| re.is_match(&text)) {
+                    return RowOutcome::Skipped;
+                }
             }
         }
-        let mut record = BTreeMap::new();
+        let mut record = Vec::with_capacity(self.spec.columns.len());
         let mut rejections = Vec::new();
         for (spec, idx) in self.spec.columns.iter().zip(&header.columns) {
             let c = cell(*idx);
@@ -220,9 +265,7 @@ impl Connector {
                     value: String::new(),
                     reason: "required value missing".into(),
                 }),
-                Ok(v) => {
-                    record.insert(spec.name.clone(), v);
-                }
+                Ok(v) => record.push(v),
                 Err(e) => rejections.push(Rejection {
                     column: spec.header.clone(),
                     value: as_text(c),
@@ -238,13 +281,28 @@ impl Connector {
     }
 
     /// The key columns' values, in spec order (for deterministic document ids).
-    pub fn key_of<'a>(&self, record: &'a BTreeMap<String, Value>) -> Vec<&'a Value> {
-        self.spec
-            .columns
-            .iter()
-            .filter(|c| c.key)
-            .map(|c| record.get(&c.name).unwrap_or(&Value::Null))
-            .collect()
+    pub fn key_of<'r, 'a>(&self, record: &'r Record<'a>) -> Vec<&'r Value<'a>> {
+        self.keys.iter().map(|k| &record[*k]).collect()
+    }
+
+    /// The value of column `name` in `record`.
+    pub fn value<'r, 'a>(&self, record: &'r Record<'a>, name: &str) -> Option<&'r Value<'a>> {
+        let i = self.spec.columns.iter().position(|c| c.name == name)?;
+        record.get(i)
+    }
+
+    /// Appends `record` as a JSON object with its keys in name order: the same bytes serde_json
+    /// gives for a map of the columns (a test holds the two equal), without building the map.
+    pub fn write_json(&self, record: &Record<'_>, out: &mut String) {
+        out.push('{');
+        for (n, (i, key)) in self.json_keys.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(key);
+            super::artifact::write_value(&record[*i], out);
+        }
+        out.push('}');
     }
 }
 
@@ -256,9 +314,16 @@ pub struct Header {
     pub columns: Vec<Option<usize>>,
 }
 
+impl Header {
+    /// One past the rightmost mapped column: nothing further right is ever read.
+    pub fn width(&self) -> usize {
+        self.columns.iter().flatten().max().map_or(0, |c| c + 1)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
-pub enum RowOutcome {
-    Record(BTreeMap<String, Value>),
+pub enum RowOutcome<'a> {
+    Record(Record<'a>),
     Skipped,
     Rejected(Vec<Rejection>),
 }
@@ -270,7 +335,7 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// A SAP FBL3N-like G/L line-item layout, shared by the tests of this module and `extract`.
+/// A SAP FBL3N-like G/L line-item layout, shared by the tests of this module and `mapping`.
 #[cfg(test)]
 pub(crate) fn sap_gl_spec() -> ConnectorSpec {
     toml::from_str(
@@ -299,7 +364,7 @@ mod tests {
         Connector::new("sap_fbl3n", sap_gl_spec()).unwrap()
     }
 
-    fn t(s: &str) -> Cell {
+    fn t(s: &str) -> Cell<'_> {
         Cell::Text(s.into())
     }
 
@@ -343,7 +408,10 @@ mod tests {
             &[t("100001"), t("31.12.2025"), t("1.234,56-"), t("rent")],
         ) {
             RowOutcome::Record(r) => {
-                assert_eq!(r["amount"], Value::Decimal(Decimal::new(-123456, 2)));
+                assert_eq!(
+                    c.value(&r, "amount"),
+                    Some(&Value::Decimal(Decimal::new(-123456, 2)))
+                );
                 assert_eq!(c.key_of(&r), vec![&Value::String("100001".into())]);
             }
             other => panic!("{other:?}"),

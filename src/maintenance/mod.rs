@@ -1,9 +1,12 @@
-//! Background services each worker process runs. Each is safe to run in every process at once.
+//! Background services every worker process runs, each safe to run in every process at once,
+//! each holding only the store operations it needs (River's maintenance services are the
+//! model), with a config struct built from settings. `startup.rs` starts them all in one
+//! place and awaits them on the way out.
 
-mod cleaner;
+mod job_cleaner;
 mod rescuer;
 mod superseded;
 
-pub use cleaner::{Cleaner, CleanerConfig};
+pub use job_cleaner::{JobCleaner, JobCleanerConfig};
 pub use rescuer::{Rescuer, RescuerConfig};
 pub use superseded::{SupersededCleaner, SupersededCleanerConfig};

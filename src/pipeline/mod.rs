@@ -1,18 +1,17 @@
-//! Job kinds as ordered lists of named stages, and what a stage is given to run.
-
-mod builtin;
+//! Job kinds as ordered lists of stages, and what a stage is given to run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
-use sqlx::PgPool;
-
-use crate::queue::JobStore;
 use tokio_util::sync::CancellationToken;
 
-pub use builtin::{NOOP_KIND, TEST_KIND, register_builtin};
+use crate::queue::JobStore;
+
+/// The built-in no-op kind: one stage that does nothing (the queue benchmark's job).
+pub const NOOP_KIND: &str = "noop";
 
 /// How a stage failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -42,26 +41,50 @@ pub struct StageContext {
     pub checkpoint: Arc<Value>,
     pub cancel: CancellationToken,
     pub worker_id: Arc<str>,
-    /// This run's fencing token (progress writes carry it).
+    /// This run's fencing token (progress writes carry it; fenced writes check it).
     pub fencing_token: i64,
-    pub store: JobStore,
+    /// Progress writes only.
+    jobs: JobStore,
 }
 
 impl StageContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        job_id: i64,
+        kind: Arc<str>,
+        stage: Arc<str>,
+        attempt: i32,
+        payload: Arc<Value>,
+        checkpoint: Arc<Value>,
+        cancel: CancellationToken,
+        worker_id: Arc<str>,
+        fencing_token: i64,
+        jobs: JobStore,
+    ) -> Self {
+        StageContext {
+            job_id,
+            kind,
+            stage,
+            attempt,
+            payload,
+            checkpoint,
+            cancel,
+            worker_id,
+            fencing_token,
+            jobs,
+        }
+    }
+
     /// The committed output of an earlier stage.
     pub fn output_of(&self, stage: &str) -> Option<&Value> {
         self.checkpoint.get(stage)
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        self.store.pool()
     }
 
     /// Shows how far the running stage got in `GET /v1/jobs/{id}`. Best effort: fenced, and a
     /// failed write is only logged (progress is not state).
     pub async fn report_progress(&self, progress: &Value) {
         let r = self
-            .store
+            .jobs
             .set_progress(self.job_id, self.fencing_token, progress)
             .await;
         if let Err(e) = r {
@@ -76,11 +99,16 @@ pub trait Stage: Send + Sync + 'static {
     fn run(&self, ctx: StageContext) -> BoxFuture<'static, Result<Value, StageError>>;
 }
 
+/// What a kind shows about a job beyond the generic fields (`GET /v1/jobs/{id}`'s `report`):
+/// computed from the committed checkpoint, so the API never needs to know a kind's layout.
+pub type Summary = Arc<dyn Fn(&Value) -> Option<Value> + Send + Sync>;
+
 /// A named, ordered list of stages.
 #[derive(Clone)]
 pub struct JobKind {
     pub name: String,
     pub stages: Vec<Arc<dyn Stage>>,
+    summary: Option<Summary>,
 }
 
 impl JobKind {
@@ -88,12 +116,26 @@ impl JobKind {
         JobKind {
             name: name.into(),
             stages: Vec::new(),
+            summary: None,
         }
     }
 
     pub fn stage(mut self, stage: impl Stage) -> Self {
         self.stages.push(Arc::new(stage));
         self
+    }
+
+    pub fn with_summary(
+        mut self,
+        f: impl Fn(&Value) -> Option<Value> + Send + Sync + 'static,
+    ) -> Self {
+        self.summary = Some(Arc::new(f));
+        self
+    }
+
+    /// This kind's summary of a job with `checkpoint`.
+    pub fn summary(&self, checkpoint: &Value) -> Option<Value> {
+        self.summary.as_ref().and_then(|f| f(checkpoint))
     }
 
     pub fn stage_names(&self) -> Vec<&str> {
@@ -162,4 +204,11 @@ where
     fn run(&self, ctx: StageContext) -> BoxFuture<'static, Result<Value, StageError>> {
         (self.f)(ctx)
     }
+}
+
+/// The `noop` kind.
+pub fn noop_kind() -> JobKind {
+    JobKind::new(NOOP_KIND).stage(FnStage::new("run", |_ctx| {
+        async { Ok(Value::Null) }.boxed()
+    }))
 }

@@ -1,3 +1,5 @@
+//! Retry backoff: exponential with jitter; the delay is stored in `jobs.run_at`.
+
 use rand::RngExt;
 
 use crate::configuration::RetrySettings;

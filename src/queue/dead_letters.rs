@@ -1,11 +1,16 @@
+//! The dead-letter table: listing, and retrying one or many dead jobs (one statement).
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{JobStore, Page, QueueError};
+use super::{Actor, JobStore, Page, QueueError};
 
 /// One dead-lettered job.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeadLetter {
+    /// Internal (the pagination cursor): a job has at most one open dead letter, so the job id
+    /// is the one id operators see and pass to `/v1/dead-letters/{job_id}/retry`.
+    #[serde(skip_serializing)]
     pub dead_letter_id: i64,
     pub job_id: i64,
     pub kind: String,
@@ -27,6 +32,28 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
+    /// Refuses what PostgreSQL would (NUL characters, timestamps outside its range), naming
+    /// the field.
+    pub fn check(&self) -> Result<(), QueueError> {
+        for (name, v) in [
+            ("kind", &self.kind),
+            ("bu_id", &self.bu_id),
+            ("connector", &self.connector),
+        ] {
+            if let Some(v) = v
+                && (v.contains('\0') || v.len() > 255)
+            {
+                return Err(QueueError::Invalid(format!(
+                    "{name} must be at most 255 characters without NUL"
+                )));
+            }
+        }
+        if let Some(since) = self.since {
+            super::check_timestamp("since", since)?;
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.kind.is_none()
             && self.bu_id.is_none()
@@ -63,7 +90,7 @@ const RETRY_SQL: &str = r#"
         SET state = 'queued', run_at = now(), finished_at = NULL,
             -- Attempt history is kept; an exhausted job gets one more attempt (as River does).
             max_attempts = greatest(j.max_attempts, j.attempts + 1),
-            fencing_token = j.fencing_token + 1, updated_at = now(),
+            fencing_token = j.fencing_token + 1, updated_at = now(), rescue_streak = 0,
             checkpoint = CASE WHEN $6 THEN '{}'::jsonb ELSE j.checkpoint END,
             stage = CASE WHEN $6 THEN NULL ELSE j.stage END
         WHERE j.id IN (SELECT job_id FROM dl)
@@ -86,6 +113,7 @@ impl JobStore {
         cursor: Option<i64>,
         limit: i64,
     ) -> Result<Page<DeadLetter>, QueueError> {
+        filter.check()?;
         let rows = sqlx::query_as::<_, DeadLetter>(
             r#"
             SELECT id AS dead_letter_id, job_id, kind, bu_id, connector, failed_stage, attempts,
@@ -108,7 +136,7 @@ impl JobStore {
         .bind(filter.since)
         .bind(cursor)
         .bind(limit + 1)
-        .fetch_all(self.pool())
+        .fetch_all(&self.pool)
         .await?;
         Ok(Page::from_rows(rows, limit, |r| r.dead_letter_id))
     }
@@ -118,7 +146,7 @@ impl JobStore {
         &self,
         job_id: i64,
         from: RetryFrom,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<(), QueueError> {
         let ids = self
             .retry_dead_where(Some(job_id), &DeadLetterFilter::default(), from, actor)
@@ -126,7 +154,7 @@ impl JobStore {
         if ids.is_empty() {
             let job = self.get(job_id).await?;
             return Err(QueueError::Conflict(format!(
-                "job {job_id} is {}; only dead jobs can be retried",
+                "job {job_id} is {}; only dead jobs can be retried (the id is a job id: `job_id` in the dead-letter list)",
                 job.state
             )));
         }
@@ -138,7 +166,7 @@ impl JobStore {
         &self,
         filter: &DeadLetterFilter,
         from: RetryFrom,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Vec<i64>, QueueError> {
         self.retry_dead_where(None, filter, from, actor).await
     }
@@ -148,8 +176,9 @@ impl JobStore {
         job_id: Option<i64>,
         filter: &DeadLetterFilter,
         from: RetryFrom,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<Vec<i64>, QueueError> {
+        filter.check()?;
         Ok(sqlx::query_scalar(RETRY_SQL)
             .bind(job_id)
             .bind(filter.kind.as_deref())
@@ -157,8 +186,8 @@ impl JobStore {
             .bind(filter.connector.as_deref())
             .bind(filter.since)
             .bind(from == RetryFrom::Start)
-            .bind(actor)
-            .fetch_all(self.pool())
+            .bind(&actor.id)
+            .fetch_all(&self.pool)
             .await?)
     }
 }

@@ -1,13 +1,16 @@
-//! The job store: every SQL statement that reads or moves a job lives under this module.
+//! The job store: the only owner of `jobs`, `job_events` and `dead_letters`. Every SQL
+//! statement that reads or moves a job lives under this module.
 
 mod backoff;
 mod dead_letters;
+mod listen;
 mod store;
 mod types;
 
 pub use backoff::Backoff;
 pub use dead_letters::{DeadLetter, DeadLetterFilter, RetryFrom};
-pub use store::{Actor, JobStore, ListFilter, Page};
+pub use listen::{Listener, Notification};
+pub use store::{JobStore, ListFilter, Page};
 pub use types::*;
 
 /// Channel notified when jobs become claimable.
@@ -24,8 +27,29 @@ pub enum QueueError {
     /// The job exists but its state does not allow the operation.
     #[error("{0}")]
     Conflict(String),
+    /// Client input PostgreSQL would refuse; the message names the field.
     #[error("invalid job: {0}")]
     Invalid(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+}
+
+impl QueueError {
+    /// PostgreSQL could not be reached (as opposed to refusing a statement).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueueError::Db(e) if crate::db::is_unavailable(e))
+    }
+}
+
+/// PostgreSQL's `timestamptz` spans 4713 BC to 294276 AD; filters are kept to years
+/// 1900–9999 so a typo is a clear 422, not a database error.
+pub fn check_timestamp(field: &str, t: chrono::DateTime<chrono::Utc>) -> Result<(), QueueError> {
+    use chrono::Datelike;
+    if (1900..=9999).contains(&t.year()) {
+        Ok(())
+    } else {
+        Err(QueueError::Invalid(format!(
+            "{field} must be a timestamp between years 1900 and 9999"
+        )))
+    }
 }

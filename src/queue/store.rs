@@ -1,3 +1,6 @@
+//! `JobStore`'s statements: enqueue, claim, apply transitions, leases, rescue, cancel, list,
+//! cleanup.
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -5,21 +8,18 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{
-    CANCEL_CHANNEL, ClaimedJob, Enqueued, Job, JobEvent, JobState, NewJob, QueueError, Transition,
-    TransitionEvent,
+    Actor, CANCEL_CHANNEL, ClaimedJob, Enqueued, Job, JobEvent, JobState, NewJob, QueueError,
+    RescueRules, Rescued, Transition, TransitionEvent,
 };
+use crate::db::{Pools, Tx};
 
-/// Who writes an event: a worker process (id and version) or an operator/API caller.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub id: String,
-    pub version: String,
-}
-
-/// The PostgreSQL job store. Cheap to clone.
+/// The PostgreSQL job store: the only owner of `jobs`, `job_events` and `dead_letters`.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JobStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
+    /// Lease renewals run here, never queued behind job traffic on `pool`.
+    control: PgPool,
     default_max_attempts: i32,
 }
 
@@ -59,41 +59,39 @@ fn secs(d: Duration) -> f64 {
 }
 
 impl JobStore {
-    pub fn new(pool: PgPool, default_max_attempts: i32) -> Self {
+    pub fn new(pools: &Pools, default_max_attempts: i32) -> Self {
         JobStore {
-            pool,
+            pool: pools.main.clone(),
+            control: pools.control.clone(),
             default_max_attempts,
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn check(&self, job: &NewJob) -> Result<(), QueueError> {
-        if job.kind.trim().is_empty() {
-            return Err(QueueError::Invalid("kind must not be empty".into()));
-        }
-        if let Some(m) = job.max_attempts
-            && m < 1
-        {
-            return Err(QueueError::Invalid(
-                "max_attempts must be at least 1".into(),
-            ));
-        }
-        if let Some(k) = &job.idempotency_key
-            && (k.is_empty() || k.len() > 255)
-        {
-            return Err(QueueError::Invalid(
-                "idempotency_key must be 1 to 255 characters".into(),
-            ));
-        }
+    /// Answers when PostgreSQL does (readiness).
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
     /// Enqueues one job; with an idempotency key already in use, returns that job instead.
     pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
-        self.check(job)?;
+        job.check()?;
+        let mut conn = self.pool.acquire().await?;
+        self.enqueue_on(&mut conn, job).await
+    }
+
+    /// [`JobStore::enqueue`] inside a caller's transaction (an upload commits its job and its
+    /// audit row together).
+    pub async fn enqueue_in(&self, tx: &mut Tx, job: &NewJob) -> Result<Enqueued, QueueError> {
+        job.check()?;
+        self.enqueue_on(tx.conn(), job).await
+    }
+
+    async fn enqueue_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: &NewJob,
+    ) -> Result<Enqueued, QueueError> {
         // A statement of its own: the bulk form's unnest is re-planned on every call, which
         // was half of a single enqueue's latency.
         let id: Option<i64> = sqlx::query_scalar(
@@ -117,7 +115,7 @@ impl JobStore {
         .bind(job.priority.unwrap_or(0))
         .bind(job.max_attempts.unwrap_or(self.default_max_attempts))
         .bind(job.delay_ms.unwrap_or(0) as f64 / 1000.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
         if let Some(job_id) = id {
             return Ok(Enqueued {
@@ -128,7 +126,7 @@ impl JobStore {
         let existing: Option<i64> =
             sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
                 .bind(job.idempotency_key.as_deref())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?;
         existing
             .map(|job_id| Enqueued {
@@ -143,7 +141,7 @@ impl JobStore {
     /// Enqueues many jobs in one statement (and one `job_events` statement), in input order.
     pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
         for j in jobs {
-            self.check(j)?;
+            j.check()?;
         }
         let n = jobs.len();
         let mut kinds = Vec::with_capacity(n);
@@ -264,7 +262,7 @@ impl JobStore {
         let jobs = sqlx::query_as::<_, ClaimedJob>(
             r#"
             WITH picked AS (
-                SELECT id, state AS prev_state FROM jobs
+                SELECT id, state AS prev_state, run_at AS due_at FROM jobs
                 WHERE state IN ('queued', 'retrying') AND run_at <= now() AND kind = ANY($5)
                 ORDER BY priority, run_at, id
                 LIMIT $1
@@ -281,7 +279,8 @@ impl JobStore {
                 -- against a scan of the whole table, which grows with history.
                 WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT id FROM picked))
                 RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempts, j.max_attempts,
-                          j.fencing_token, j.stage, picked.prev_state
+                          j.fencing_token, j.stage, picked.prev_state,
+                          extract(epoch FROM now() - picked.due_at)::float8 AS waited_s
             ),
             ev AS (
                 INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt,
@@ -289,7 +288,8 @@ impl JobStore {
                 SELECT id, 'claimed', prev_state, 'running', stage, attempts, fencing_token, $2, $4
                 FROM claimed
             )
-            SELECT id, kind, payload, checkpoint, attempts, max_attempts, fencing_token FROM claimed
+            SELECT id, kind, payload, checkpoint, attempts, max_attempts, fencing_token, waited_s
+            FROM claimed
             "#,
         )
         .bind(limit as i64)
@@ -392,6 +392,8 @@ impl JobStore {
                     lease_expires_at = CASE WHEN i.to_state = 'running' THEN j.lease_expires_at END,
                     finished_at = CASE WHEN i.to_state IN ('succeeded', 'dead') THEN now() END,
                     progress = CASE WHEN i.to_state = 'running' THEN j.progress END,
+                    -- The worker came back with a verdict: it did not die in this stage.
+                    rescue_streak = 0,
                     updated_at = now()
                 FROM input i
                 -- "Still running" is tested as `lease_owner IS NOT NULL` (equivalent by a CHECK
@@ -463,6 +465,8 @@ impl JobStore {
     }
 
     /// Extends the leases of jobs still held under their tokens; returns the ids still held.
+    /// Runs on the control pool. A lease that expired while PostgreSQL was unreachable is
+    /// renewed too, as long as nobody rescued the job meanwhile (the token says so).
     pub async fn renew_leases(
         &self,
         owner: &str,
@@ -483,9 +487,23 @@ impl JobStore {
         .bind(&tokens)
         .bind(owner)
         .bind(secs(lease))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.control)
         .await?;
         Ok(kept)
+    }
+
+    /// Inside `tx`, holds job `job_id` still under `token` (running, not rescued or cancelled)
+    /// until the transaction ends; false when the token has moved on. A stage whose writes
+    /// must commit only while it still owns the job (promote) checks this first.
+    pub async fn hold_in(&self, tx: &mut Tx, job_id: i64, token: i64) -> Result<bool, QueueError> {
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL FOR SHARE",
+        )
+        .bind(job_id)
+        .bind(token)
+        .fetch_optional(tx.conn())
+        .await?;
+        Ok(held.is_some())
     }
 
     /// Records progress of a running stage (fenced; ignored when the job moved on).
@@ -506,28 +524,59 @@ impl JobStore {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Re-queues jobs whose lease expired (their worker died or lost PostgreSQL). The claim that
-    /// started the lost run already counted its attempt; jobs out of attempts go dead.
-    pub async fn rescue_expired(&self, actor: &Actor, limit: i64) -> Result<u64, QueueError> {
-        let n: i64 = sqlx::query_scalar(
+    /// Re-queues jobs whose lease expired because their worker died, froze or was cut off.
+    /// The claim that started the lost run already counted its attempt; jobs out of attempts
+    /// go dead, and so does a job whose worker died in the same stage `rules.max_streak` times
+    /// in a row (a poison pill that takes down whoever runs it).
+    ///
+    /// A job is left alone while its owner's heartbeat is newer than the lease's expiry: the
+    /// owner is alive and was only cut off from PostgreSQL, and renews within moments. Nothing
+    /// is rescued within `rules.grace` of PostgreSQL starting, so owners get to reconnect
+    /// after a restart; the caller applies the same grace after its own reconnect.
+    pub async fn rescue_expired(
+        &self,
+        actor: &Actor,
+        rules: &RescueRules,
+        limit: i64,
+    ) -> Result<Rescued, QueueError> {
+        let (requeued, dead): (i64, i64) = sqlx::query_as(
             r#"
             WITH expired AS (
-                SELECT id, lease_owner FROM jobs
-                WHERE state = 'running' AND lease_expires_at < now()
-                ORDER BY lease_expires_at
+                SELECT j.id, j.lease_owner FROM jobs j
+                WHERE j.state = 'running' AND j.lease_expires_at < now()
+                  AND now() - pg_postmaster_start_time() > make_interval(secs => $4)
+                  AND (j.lease_expires_at < now() - make_interval(secs => $5)
+                       OR NOT EXISTS (
+                           SELECT 1 FROM workers w
+                           WHERE w.id = j.lease_owner AND w.stopped_at IS NULL
+                             AND w.heartbeat_at > j.lease_expires_at))
+                ORDER BY j.lease_expires_at
                 LIMIT $1
-                FOR UPDATE SKIP LOCKED
+                FOR UPDATE OF j SKIP LOCKED
             ),
             upd AS (
                 UPDATE jobs j
-                SET state = CASE WHEN j.attempts >= j.max_attempts THEN 'dead' ELSE 'queued' END,
+                SET state = CASE WHEN j.attempts >= j.max_attempts OR j.rescue_streak + 1 >= $6
+                                 THEN 'dead' ELSE 'queued' END,
+                    rescue_streak = j.rescue_streak + 1,
                     lease_owner = NULL, lease_expires_at = NULL,
                     fencing_token = j.fencing_token + 1,
                     run_at = now(),
                     progress = NULL,
-                    last_error = 'lease expired: worker ' || coalesce(e.lease_owner, '?')
-                                 || ' stopped renewing it',
-                    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+                    last_error = CASE
+                        WHEN j.rescue_streak + 1 >= $6 AND j.attempts < j.max_attempts THEN
+                            'poison pill: the worker running stage ' || coalesce(j.stage, '?')
+                            || ' stopped without finishing it ' || (j.rescue_streak + 1)
+                            || ' times in a row (last: ' || coalesce(e.lease_owner, '?')
+                            || '); dead-lettered so it cannot take down more workers'
+                            || ' (worker.max_consecutive_rescues)'
+                        ELSE 'lease expired: worker ' || coalesce(e.lease_owner, '?')
+                             || ' stopped renewing it'
+                             || CASE WHEN j.attempts >= j.max_attempts
+                                     THEN ' (attempts exhausted)' ELSE '' END
+                    END,
+                    finished_at = CASE WHEN j.attempts >= j.max_attempts OR j.rescue_streak + 1 >= $6
+                                       THEN now() END,
                     updated_at = now()
                 FROM expired e
                 WHERE j.id = e.id AND j.id = ANY (ARRAY(SELECT id FROM expired))
@@ -543,23 +592,30 @@ impl JobStore {
             dl AS (
                 INSERT INTO dead_letters (job_id, kind, bu_id, connector, failed_stage, attempts, reason)
                 SELECT id, kind, payload ->> 'bu_id', payload ->> 'connector', stage, attempts,
-                       last_error || ' (attempts exhausted)'
+                       last_error
                 FROM upd WHERE state = 'dead'
             )
-            SELECT count(*) FROM upd
+            SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
+            FROM upd
             "#,
         )
         .bind(limit)
         .bind(&actor.id)
         .bind(&actor.version)
+        .bind(secs(rules.grace))
+        .bind(secs(rules.overdue))
+        .bind(rules.max_streak)
         .fetch_one(&self.pool)
         .await?;
-        Ok(n as u64)
+        Ok(Rescued {
+            requeued: requeued as u64,
+            dead: dead as u64,
+        })
     }
 
     /// Cancels a queued, retrying or running job. A running job's token is bumped so its worker's
     /// next checkpoint is rejected; the worker is told through NOTIFY and stops the stage.
-    pub async fn cancel(&self, job_id: i64, actor: &str) -> Result<JobState, QueueError> {
+    pub async fn cancel(&self, job_id: i64, actor: &Actor) -> Result<JobState, QueueError> {
         let mut tx = self.pool.begin().await?;
         let prev: Option<String> =
             sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
@@ -589,7 +645,7 @@ impl JobStore {
             "#,
         )
         .bind(job_id)
-        .bind(actor)
+        .bind(&actor.id)
         .bind(prev.as_str())
         .execute(&mut *tx)
         .await?;
@@ -628,6 +684,15 @@ impl JobStore {
         cursor: Option<i64>,
         limit: i64,
     ) -> Result<Page<Job>, QueueError> {
+        for (name, v) in [("kind", &filter.kind), ("bu_id", &filter.bu_id)] {
+            if v.as_deref()
+                .is_some_and(|v| v.contains('\0') || v.len() > 255)
+            {
+                return Err(QueueError::Invalid(format!(
+                    "{name} must be at most 255 characters without NUL"
+                )));
+            }
+        }
         let jobs = sqlx::query_as::<_, Job>(
             r#"
             SELECT * FROM jobs
@@ -647,6 +712,15 @@ impl JobStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(Page::from_rows(jobs, limit, |j| j.id))
+    }
+
+    /// Dead letters not yet retried (metrics).
+    pub async fn open_dead_letter_count(&self) -> Result<i64, QueueError> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE retried_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// Job counts per state (for `status` and metrics).

@@ -1,5 +1,8 @@
+//! The queue's types: job states, what is enqueued, claimed and written back, and who did it.
+
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -64,6 +67,55 @@ impl FromStr for JobState {
     }
 }
 
+/// Who did something: a worker process (its id and build) or an API/CLI caller (the token's
+/// name and the API build). The one name for "who" in job history and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub id: String,
+    pub version: String,
+}
+
+impl Actor {
+    pub fn new(id: impl Into<String>, version: impl Into<String>) -> Self {
+        Actor {
+            id: id.into(),
+            version: version.into(),
+        }
+    }
+}
+
+/// How the rescuer tells a dead owner from one that was only cut off (see
+/// `JobStore::rescue_expired`).
+#[derive(Debug, Clone, Copy)]
+pub struct RescueRules {
+    /// Nothing is rescued this soon after PostgreSQL (or the rescuer) reconnects.
+    pub grace: Duration,
+    /// A lease this far past expiry is rescued even if its owner still heartbeats (its
+    /// renewals are failing for some other reason).
+    pub overdue: Duration,
+    /// Rescues of one job in a row, without its worker ever reporting back, before it is
+    /// dead-lettered as a poison pill.
+    pub max_streak: i32,
+}
+
+/// What one rescue pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rescued {
+    pub requeued: u64,
+    pub dead: u64,
+}
+
+impl Rescued {
+    pub fn total(&self) -> u64 {
+        self.requeued + self.dead
+    }
+}
+
+/// Longest delay accepted on enqueue (one year): `run_at` must stay a real timestamp.
+pub const MAX_DELAY_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Longest job kind name.
+pub const MAX_KIND_LEN: usize = 100;
+
 /// What a caller asks to enqueue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewJob {
@@ -85,7 +137,75 @@ fn empty_object() -> Value {
     Value::Object(Default::default())
 }
 
+/// The first string (or object key) in `v` that PostgreSQL's jsonb cannot hold: one with a
+/// NUL character. Returns its JSON path.
+pub fn find_nul(v: &Value, path: &mut String) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().enumerate().any(|(i, x)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let found = find_nul(x, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        Value::Object(m) => m.iter().any(|(k, x)| {
+            let len = path.len();
+            path.push('.');
+            path.push_str(&k.replace('\0', "\\u0000"));
+            let found = k.contains('\0') || find_nul(x, path);
+            if !found {
+                path.truncate(len);
+            }
+            found
+        }),
+        _ => false,
+    }
+}
+
 impl NewJob {
+    /// Checks what PostgreSQL would refuse (or store wrongly) before it gets there, naming the
+    /// field: every client mistake is a 422 with a message, never a database error.
+    pub fn check(&self) -> Result<(), super::QueueError> {
+        let invalid = |m: String| Err(super::QueueError::Invalid(m));
+        if self.kind.trim().is_empty() {
+            return invalid("kind must not be empty".into());
+        }
+        if self.kind.len() > MAX_KIND_LEN || self.kind.chars().any(char::is_control) {
+            return invalid(format!(
+                "kind must be at most {MAX_KIND_LEN} characters without control characters"
+            ));
+        }
+        if let Some(m) = self.max_attempts
+            && !(1..=1000).contains(&m)
+        {
+            return invalid("max_attempts must be between 1 and 1000".into());
+        }
+        if let Some(k) = &self.idempotency_key
+            && (k.is_empty() || k.len() > 255 || k.chars().any(char::is_control))
+        {
+            return invalid(
+                "idempotency_key must be 1 to 255 characters without control characters".into(),
+            );
+        }
+        if let Some(d) = self.delay_ms
+            && d > MAX_DELAY_MS
+        {
+            return invalid(format!(
+                "delay_ms must be at most {MAX_DELAY_MS} (one year)"
+            ));
+        }
+        let mut path = String::from("payload");
+        if find_nul(&self.payload, &mut path) {
+            return invalid(format!(
+                "{path} contains a NUL character (\\u0000), which cannot be stored"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn new(kind: impl Into<String>, payload: Value) -> Self {
         NewJob {
             kind: kind.into(),
@@ -167,6 +287,8 @@ pub struct ClaimedJob {
     pub attempts: i32,
     pub max_attempts: i32,
     pub fencing_token: i64,
+    /// Seconds between the job becoming due (`run_at`) and this claim: pickup latency.
+    pub waited_s: f64,
 }
 
 /// A state change written by a worker, fenced by the token its claim returned.

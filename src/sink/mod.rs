@@ -1,8 +1,12 @@
 //! Document sinks: where synced records land, one dataset version (= job id) at a time.
-//! PostgreSQL by default; the Cosmos DB sink (a later issue) implements the same trait.
+//! PostgreSQL by default (`postgres.rs`), Azure Cosmos DB in production (`cosmos.rs`).
 
+pub mod cosmos;
 mod postgres;
 
+use std::sync::atomic::AtomicUsize;
+
+pub use cosmos::CosmosSink;
 pub use postgres::PgSink;
 
 /// One dataset version: the records of one job for one (bu_id, connector).
@@ -41,12 +45,76 @@ pub enum SinkError {
     Rejected(String),
 }
 
+/// The promoted state of one dataset, as PostgreSQL (the source of truth) has it, for sinks
+/// whose readers look for it there too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedManifest {
+    pub bu_id: String,
+    pub connector: String,
+    pub version: i64,
+    /// Promotions of this dataset so far: a newer manifest has a higher generation.
+    pub generation: i64,
+    pub records: i64,
+    pub checksum: String,
+    pub promoted_at: chrono::DateTime<chrono::Utc>,
+    /// The cache counter after the promotion.
+    pub cache_counter: i64,
+}
+
+/// What sync sends a sink while it writes a version.
+#[derive(Debug)]
+pub enum VersionItem {
+    Batch(Vec<Document>),
+    /// Every document was sent. A stream that ends without it is incomplete: the sink must
+    /// not make what it received so far final.
+    End,
+}
+
 #[async_trait::async_trait]
 pub trait DocumentSink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// Inserts or replaces `docs` under `dataset`. Idempotent.
-    async fn upsert(&self, dataset: &Dataset, docs: &[Document]) -> Result<(), SinkError>;
+    /// Writes one whole version from `items`, replacing whatever an earlier attempt left
+    /// (a re-run after a crash neither duplicates nor keeps strays). Counts documents in
+    /// `written`. Returns the version's summary when the sink could read it back inside the
+    /// same write (verify then needs no second read), else `None`.
+    ///
+    /// The default upserts batch by batch: ids are deterministic, so a re-run replaces.
+    async fn write_version(
+        &self,
+        dataset: &Dataset,
+        items: &mut tokio::sync::mpsc::Receiver<VersionItem>,
+        written: &AtomicUsize,
+    ) -> Result<Option<Summary>, SinkError> {
+        while let Some(item) = items.recv().await {
+            match item {
+                VersionItem::Batch(docs) => self.upsert(dataset, &docs, written).await?,
+                VersionItem::End => return Ok(None),
+            }
+        }
+        Err(SinkError::Unavailable(
+            "the records stream ended before its last document".into(),
+        ))
+    }
+    /// Inserts or replaces `docs` under `dataset`, counting each document written in
+    /// `written` (progress). Idempotent.
+    async fn upsert(
+        &self,
+        dataset: &Dataset,
+        docs: &[Document],
+        written: &AtomicUsize,
+    ) -> Result<(), SinkError>;
     async fn summary(&self, dataset: &Dataset) -> Result<Summary, SinkError>;
     /// Removes a whole version; returns how many documents went.
     async fn delete_version(&self, dataset: &Dataset) -> Result<u64, SinkError>;
+    /// Whether [`DocumentSink::publish`] does anything (so promote skips reading the manifest
+    /// back when it would not).
+    fn mirrors_promotions(&self) -> bool {
+        false
+    }
+    /// Makes a committed promotion visible to the sink's own readers. Idempotent, and never
+    /// moves them backwards (an older generation or counter leaves the newer in place). The
+    /// PostgreSQL sink's readers read PostgreSQL's manifest directly: nothing to do.
+    async fn publish(&self, _manifest: &PublishedManifest) -> Result<(), SinkError> {
+        Ok(())
+    }
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::queue::{Actor, JobStore, Transition};
@@ -24,11 +26,19 @@ pub struct Completer {
 }
 
 impl Completer {
-    /// Spawns the writer. It gives up on a batch after `give_up` of failed attempts: by then the
-    /// jobs' leases have expired and the rescuer owns them.
-    pub fn spawn(store: JobStore, actor: Actor, metrics: Arc<Metrics>, give_up: Duration) -> Self {
+    /// Spawns the writer on `tasks`. A batch that cannot be written (PostgreSQL unreachable)
+    /// is retried for `give_up` (the worker's outage tolerance), or until `abandon` fires (the
+    /// drain gave up on running stages): then the jobs are left for a rescuer.
+    pub fn spawn(
+        tasks: &TaskTracker,
+        store: JobStore,
+        actor: Actor,
+        metrics: Arc<Metrics>,
+        give_up: Duration,
+        abandon: CancellationToken,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(store, actor, metrics, give_up, rx));
+        tasks.spawn(run(store, actor, metrics, give_up, abandon, rx));
         Completer { tx }
     }
 
@@ -49,6 +59,7 @@ async fn write(
     actor: &Actor,
     mut pending: Vec<Transition>,
     give_up: Duration,
+    abandon: &CancellationToken,
 ) -> HashSet<i64> {
     let mut applied = HashSet::new();
     let started = tokio::time::Instant::now();
@@ -81,14 +92,17 @@ async fn write(
                 }
             }
         }
-        if started.elapsed() >= give_up {
+        if started.elapsed() >= give_up || abandon.is_cancelled() {
             tracing::error!(
                 batch = pending.len(),
                 "giving up on transitions; their jobs will be rescued"
             );
             return applied;
         }
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = abandon.cancelled() => {}
+        }
         pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
@@ -98,6 +112,7 @@ async fn run(
     actor: Actor,
     metrics: Arc<Metrics>,
     give_up: Duration,
+    abandon: CancellationToken,
     mut rx: mpsc::Receiver<Request>,
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
@@ -108,7 +123,7 @@ async fn run(
             .iter()
             .map(|t| (t.job_id, t.fencing_token))
             .collect();
-        let applied = write(&store, &actor, transitions, give_up).await;
+        let applied = write(&store, &actor, transitions, give_up, &abandon).await;
         for ((job_id, fencing_token), done) in keys.into_iter().zip(replies) {
             let ok = applied.contains(&job_id);
             if !ok {

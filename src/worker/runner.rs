@@ -33,7 +33,7 @@ pub(crate) async fn run_job(s: Arc<Shared>, completer: Completer, job: ClaimedJo
     };
     let span =
         tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempts);
-    run_stages(&s, &completer, &job, &cancel, &reason)
+    run_stages(&s, &completer, &job, &cancel, &reason, Instant::now())
         .instrument(span)
         .await;
 }
@@ -61,6 +61,7 @@ async fn run_stages(
     job: &ClaimedJob,
     cancel: &CancellationToken,
     reason: &Mutex<Option<CancelReason>>,
+    claimed: Instant,
 ) {
     let transition = |event, stage: Option<&str>, duration_ms| Transition {
         job_id: job.id,
@@ -115,18 +116,18 @@ async fn run_stages(
             return;
         }
 
-        let ctx = StageContext {
-            job_id: job.id,
-            kind: kind_name.clone(),
-            stage: Arc::from(stage_name.as_str()),
-            attempt: job.attempts,
-            payload: payload.clone(),
-            checkpoint: Arc::new(checkpoint.clone()),
-            cancel: cancel.clone(),
-            worker_id: worker_id.clone(),
-            fencing_token: job.fencing_token,
-            store: s.store.clone(),
-        };
+        let ctx = StageContext::new(
+            job.id,
+            kind_name.clone(),
+            Arc::from(stage_name.as_str()),
+            job.attempts,
+            payload.clone(),
+            Arc::new(checkpoint.clone()),
+            cancel.clone(),
+            worker_id.clone(),
+            job.fencing_token,
+            s.jobs.clone(),
+        );
         let started = Instant::now();
         let run = AssertUnwindSafe(stage.run(ctx)).catch_unwind();
         let result: Result<Value, StageError> = tokio::select! {
@@ -141,7 +142,10 @@ async fn run_stages(
                 Err(StageError::Cancelled)
             }
         };
-        let duration_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let elapsed = started.elapsed();
+        let duration_ms = Some(elapsed.as_secs_f64() * 1000.0);
+        s.metrics
+            .stage_finished(&kind_name, &stage_name, elapsed, outcome_of(&result));
 
         let event = match result {
             Ok(output) => {
@@ -162,6 +166,7 @@ async fn run_stages(
                 Metrics::inc(&s.metrics.stages_completed, 1);
                 if last {
                     Metrics::inc(&s.metrics.jobs_succeeded, 1);
+                    job_finished(s, job, claimed, "succeeded", None);
                     return;
                 }
                 if let Value::Object(m) = &mut checkpoint {
@@ -208,13 +213,48 @@ async fn run_stages(
             }
             _ => tracing::info!(stage = %stage_name, "released at checkpoint (drain timeout)"),
         }
+        let outcome = match &event {
+            TransitionEvent::Dead { error } => Some(("dead", Some(error.clone()))),
+            _ => None,
+        };
         if completer
             .submit(transition(event, Some(&stage_name), duration_ms))
             .await
         {
             Metrics::inc(counter, 1);
+            if let Some((outcome, error)) = outcome {
+                job_finished(s, job, claimed, outcome, error.as_deref());
+            }
         }
         return;
+    }
+}
+
+fn outcome_of(r: &Result<Value, StageError>) -> &'static str {
+    match r {
+        Ok(_) => "completed",
+        Err(StageError::Retryable(_)) => "failed",
+        Err(StageError::Fatal(_)) => "fatal",
+        Err(StageError::Cancelled) => "cancelled",
+    }
+}
+
+/// One INFO line per job that finished here, with how long this run took, and the job
+/// duration histogram.
+fn job_finished(
+    s: &Shared,
+    job: &ClaimedJob,
+    claimed: Instant,
+    outcome: &str,
+    error: Option<&str>,
+) {
+    let took = claimed.elapsed();
+    s.metrics.job_finished(&job.kind, outcome, took);
+    match error {
+        None => tracing::info!(outcome, run_ms = took.as_millis() as u64, "job finished"),
+        Some(error) => {
+            tracing::info!(outcome, run_ms = took.as_millis() as u64, %error, "job finished")
+        }
     }
 }
 

@@ -30,7 +30,11 @@ async fn enqueue_status_and_dead_letter_commands() {
     let db = TestDb::new().await;
     let (code, out, err) = etlq(&db.url, &["enqueue", "--kind", "noop", "--count", "3"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 3);
+    assert!(
+        out.starts_with("enqueued 3 jobs (ids "),
+        "a summary, not a line per job: {out}"
+    );
+    assert_eq!(out.lines().count(), 1);
     let (code, _, err) = etlq(&db.url, &["enqueue", "--kind", "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("unknown job kind"), "{err}");
@@ -41,7 +45,7 @@ async fn enqueue_status_and_dead_letter_commands() {
     assert_ne!(code, 0);
     assert!(err.contains("not JSON"), "{err}");
 
-    let (code, out, _) = etlq(&db.url, &["status"]);
+    let (code, out, _) = etlq(&db.url, &["status", "--json"]);
     assert_eq!(code, 0);
     let status: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["jobs"]["queued"], 3);
@@ -60,16 +64,22 @@ async fn enqueue_status_and_dead_letter_commands() {
         .unwrap();
     let _w = spawn_process("worker", &process_env(&db.url, "v1"));
     require_state(&store, id, JobState::Dead, Duration::from_secs(20)).await;
+    let (code, out, _) = etlq(&db.url, &["dlq", "list", "--bu-id", "CLI", "--json"]);
+    assert_eq!(code, 0);
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["job_id"], id);
     let (code, out, _) = etlq(&db.url, &["dlq", "list", "--bu-id", "CLI"]);
     assert_eq!(code, 0);
-    let row: Value = serde_json::from_str(out.lines().next().expect("one dead letter")).unwrap();
-    assert_eq!(row["job_id"], id);
+    assert!(out.starts_with("job "), "a table with a header: {out}");
+    assert!(out.contains("failed on demand"), "{out}");
     let (code, _, err) = etlq(&db.url, &["dlq", "retry"]);
     assert_ne!(code, 0, "an unfiltered retry needs --all");
     assert!(err.contains("--all"), "{err}");
     let (code, out, err) = etlq(&db.url, &["dlq", "retry", "--bu-id", "CLI"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("1 jobs re-enqueued"), "{out}");
+    assert!(out.starts_with("1 job(s) re-enqueued"), "{out}");
+    let (code, out, _) = etlq(&db.url, &["dlq", "list", "--bu-id", "CLI"]);
+    assert_eq!((code, out.trim()), (0, "no open dead letters"));
     require_state(&store, id, JobState::Succeeded, Duration::from_secs(20)).await;
 }
 
@@ -84,12 +94,40 @@ async fn drain_wait_exits_zero_at_safe_to_stop_and_non_zero_on_timeout() {
         .enqueue("test", json!({"sleep_ms": {"first": 3000}}))
         .await;
     require_state(&store, id, JobState::Running, Duration::from_secs(20)).await;
+    // Timed out while the stage runs: by default the host is put back to work, and the
+    // message says so.
     let (code, _, err) = etlq(
         &db.url,
         &["drain", "--url", &p.base, "--wait", "--timeout", "1"],
     );
     assert_eq!(code, 3, "timed out while the stage runs: {err}");
-    assert!(err.contains("timed out"), "{err}");
+    assert!(err.contains("timed out after 1s"), "{err}");
+    assert!(
+        err.contains("is PreparingForStop with 1 job(s) in flight"),
+        "{err}"
+    );
+    assert!(err.contains("sent resume"), "{err}");
+    let mode = p.get_json("/v1/lifecycle").await.unwrap();
+    assert_eq!(mode["mode"], "Normal", "not left idle");
+    // --on-timeout stay leaves it draining, and says how to resume.
+    let (code, _, err) = etlq(
+        &db.url,
+        &[
+            "drain",
+            "--url",
+            &p.base,
+            "--wait",
+            "--timeout",
+            "1",
+            "--on-timeout",
+            "stay",
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("It stays draining"), "{err}");
+    assert!(err.contains("etlq resume"), "{err}");
+    let mode = p.get_json("/v1/lifecycle").await.unwrap();
+    assert_eq!(mode["mode"], "PreparingForStop");
     let (code, out, err) = etlq(
         &db.url,
         &["drain", "--url", &p.base, "--wait", "--timeout", "30"],
@@ -100,9 +138,13 @@ async fn drain_wait_exits_zero_at_safe_to_stop_and_non_zero_on_timeout() {
     assert_eq!(code, 0);
     assert!(out.contains("Normal"), "{out}");
     // The fleet variant goes through PostgreSQL.
-    let (code, out, err) = etlq(&db.url, &["drain", "--fleet", "--wait", "--timeout", "30"]);
+    let (code, out, err) = etlq(
+        &db.url,
+        &["--json", "drain", "--fleet", "--wait", "--timeout", "30"],
+    );
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("\"mode\":\"SafeToStop\""), "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["mode"], "SafeToStop", "{out}");
 }
 
 #[tokio::test]
@@ -153,4 +195,251 @@ async fn every_sql_query_runs_with_psql() {
         }
     }
     app.stop().await;
+}
+
+/// `etlq` with the test environment of `db` (its blob directory, fast tuning) plus `extra`.
+fn etlq_env(db_url: &str, extra: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_etlq"))
+        .args(args)
+        .env_remove("ETLQ_CONFIG")
+        .envs(process_env(db_url, "cli"))
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run etlq");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn config_check_validates_masks_and_names_mistakes() {
+    let db = TestDb::new().await;
+    let secret = "deployer-secret-0123456789";
+    let (code, out, err) = etlq_env(
+        &db.url,
+        &[
+            ("ETLQ__API__TOKENS__DEPLOYER", secret),
+            ("ETLQ__SINK__COSMOS__KEY", "cosmos-key-abcdefghijkl"),
+        ],
+        &["config", "check"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("settings are valid (2 connector(s)"), "{err}");
+    assert!(
+        out.contains("concurrency = 10"),
+        "the effective value: {out}"
+    );
+    assert!(
+        !out.contains(secret) && !out.contains("cosmos-key-abcdefghijkl"),
+        "{out}"
+    );
+    assert!(out.contains("deployer = \"********\""), "{out}");
+
+    // A typo in a variable: exit 2, the variable, the key and the nearest valid key.
+    let (code, _, err) = etlq_env(&db.url, &[("ETLQ__WORKER__CONCURENCY", "5")], &["status"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("unknown key worker.concurency in environment variable ETLQ__WORKER__CONCURENCY; did you mean worker.concurrency?"),
+        "{err}"
+    );
+    // A connector mistake in a file given with --config: the file, the key, the valid values.
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        br#"
+[connectors.invoices]
+sheet = 0
+header = 1
+columns = [ { name = "amount", header = "Amount", type = "decimel", key = true } ]
+"#,
+    )
+    .unwrap();
+    let path = f.path().to_str().unwrap();
+    let (code, _, err) = etlq_env(&db.url, &[], &["config", "check", "--config", path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(path), "names the file: {err}");
+    assert!(err.contains("did you mean \"decimal\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_database_is_said_once_and_plainly() {
+    let db = TestDb::new().await;
+    let missing = with_database(&server_url(), "etlq_test_no_such_database");
+    let (code, _, err) = etlq_env(&db.url, &[("DATABASE_URL", &missing)], &["status"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+    assert!(
+        err.contains("database \"etlq_test_no_such_database\" does not exist"),
+        "{err}"
+    );
+    assert!(!err.contains("at line"), "no parser internals: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn upload_wait_jobs_and_exit_codes() {
+    let db = TestDb::new().await;
+    let p = spawn_process("serve", &process_env(&db.url, "cli"));
+    let url = p.base.as_str();
+
+    // Succeeds: exit 0 and a one-line summary.
+    let (code, out, err) = etlq_env(
+        &db.url,
+        &[],
+        &[
+            "upload",
+            "samples/sap_fbl3n.xlsx",
+            "--bu-id",
+            "BU-1",
+            "--connector",
+            "sap_fbl3n",
+            "--wait",
+            "--url",
+            url,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("job 1 succeeded: 118 records, 2 rejected rows"),
+        "{out}"
+    );
+    assert!(
+        err.contains("job 1: succeeded"),
+        "progress on stderr: {err}"
+    );
+
+    let (code, out, _) = etlq_env(&db.url, &[], &["jobs", "show", "1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("state succeeded"), "{out}");
+    for stage in ["extract", "sync", "verify", "promote"] {
+        assert!(out.contains(&format!("stage_completed  {stage}")), "{out}");
+    }
+    let (code, out, _) = etlq_env(&db.url, &[], &["jobs", "rejected", "1"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Posting Date  31.02.2025  not a date"),
+        "{out}"
+    );
+    assert!(out.contains("2 of 2 rejected rows"), "{out}");
+    let (code, out, _) = etlq_env(
+        &db.url,
+        &[],
+        &["--json", "jobs", "rejected", "1", "--limit", "1"],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["total"].as_u64(), v["rejected"].as_array().unwrap().len()),
+        (Some(2), 1)
+    );
+
+    // Goes dead: exit 4 with the reason.
+    let (code, out, _) = etlq_env(
+        &db.url,
+        &[],
+        &[
+            "upload",
+            "samples/trial_balance.xlsx",
+            "--bu-id",
+            "BU-1",
+            "--connector",
+            "sap_fbl3n",
+            "--wait",
+            "--url",
+            url,
+        ],
+    );
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("job 2 is dead: extract: sheet \"GL\" not found"),
+        "{out}"
+    );
+
+    // An etl job enqueued from the CLI for a workbook already in the blob store.
+    let incoming = db.blob_dir().join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/samples/trial_balance.xlsx"),
+        incoming.join("tb.xlsx"),
+    )
+    .unwrap();
+    let payload =
+        r#"{"bu_id": "BU-2", "connector": "trial_balance", "source_blob": "incoming/tb.xlsx"}"#;
+    let (code, out, err) = etlq_env(
+        &db.url,
+        &[],
+        &["enqueue", "--kind", "etl", "--payload", payload],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("job 3"), "{out}");
+    let (code, out, err) = etlq_env(&db.url, &[], &["jobs", "wait", "3", "--timeout", "60"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // A blob that is not there is refused before anything is enqueued.
+    let missing =
+        r#"{"bu_id": "BU-2", "connector": "trial_balance", "source_blob": "incoming/nope.xlsx"}"#;
+    let (code, _, err) = etlq_env(
+        &db.url,
+        &[],
+        &["enqueue", "--kind", "etl", "--payload", missing],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("incoming/nope.xlsx"), "{err}");
+
+    // Cancelled: a job that cannot start before the wait ends (3), then cancelled (5).
+    let (code, _, err) = etlq_env(
+        &db.url,
+        &[],
+        &["enqueue", "--kind", "noop", "--delay-ms", "600000"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = etlq_env(&db.url, &[], &["jobs", "wait", "4", "--timeout", "1"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("did not finish within 1s"), "{err}");
+    let (code, out, _) = etlq_env(&db.url, &[], &["jobs", "cancel", "4"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("job 4 cancelled (was queued)"), "{out}");
+    let (code, _, _) = etlq_env(&db.url, &[], &["jobs", "wait", "4"]);
+    assert_eq!(code, 5);
+    let (code, _, err) = etlq_env(&db.url, &[], &["jobs", "cancel", "4"]);
+    assert_eq!(code, 1, "cancelling twice is refused: {err}");
+
+    // A server that is not there: exit 1, said plainly.
+    let (code, _, err) = etlq_env(
+        &db.url,
+        &[],
+        &[
+            "upload",
+            "samples/sap_fbl3n.xlsx",
+            "--bu-id",
+            "BU-1",
+            "--connector",
+            "sap_fbl3n",
+            "--url",
+            "http://127.0.0.1:9",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot reach etlq at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_etlq"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for word in ["upload", "dlq", "bu-id"] {
+            assert!(text.contains(word), "{shell} completion lacks {word}");
+        }
+    }
 }

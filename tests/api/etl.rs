@@ -640,14 +640,15 @@ async fn a_missing_source_blob_is_fatal_and_a_broken_sink_is_retried() {
         "{v}"
     );
 
-    // The sink table refuses writes for a while: sync is retried with backoff, then succeeds.
+    // The sink refuses to create the version's table for a while: sync is retried with
+    // backoff, then succeeds.
     sqlx::query(
-        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING ERRCODE = '53300', MESSAGE = 'sink overloaded'; END $$",
+        "CREATE FUNCTION refuse() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION USING ERRCODE = '53300', MESSAGE = 'sink overloaded'; END $$",
     )
     .execute(&app.db.pool)
     .await
     .unwrap();
-    sqlx::query("CREATE TRIGGER refuse BEFORE INSERT ON sink_documents FOR EACH STATEMENT EXECUTE FUNCTION refuse()")
+    sqlx::query("CREATE EVENT TRIGGER refuse ON ddl_command_start WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION refuse()")
         .execute(&app.db.pool)
         .await
         .unwrap();
@@ -667,7 +668,7 @@ async fn a_missing_source_blob_is_fatal_and_a_broken_sink_is_retried() {
         "{:?}",
         job.last_error
     );
-    sqlx::query("DROP TRIGGER refuse ON sink_documents")
+    sqlx::query("DROP EVENT TRIGGER refuse")
         .execute(&app.db.pool)
         .await
         .unwrap();

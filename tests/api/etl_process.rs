@@ -56,8 +56,8 @@ async fn kill_inside(stage: &str) {
     let slow = with(
         process_env(&db.url, "v1"),
         &[
-            ("ETLQ__ETL__PAUSE_IN_STAGE_MS", "60000"),
-            ("ETLQ__ETL__PAUSE_STAGE", stage),
+            ("ETLQ__TESTING__PAUSE_IN_STAGE_MS", "60000"),
+            ("ETLQ__TESTING__PAUSE_STAGE", stage),
             ("ETLQ__ETL__SYNC_BATCH", "400"),
         ],
     );
@@ -66,26 +66,54 @@ async fn kill_inside(stage: &str) {
     let id = upload_gl(&a.base, gl.bytes.clone(), "BU-K").await;
     let blobs = db.blob_dir();
     let pool = db.pool.clone();
+    // The pause aid records that the process is inside the stage (after its first write,
+    // where it has one); the stage's own evidence must be there too.
     wait_for(
         Duration::from_secs(30),
         &format!("job {id} paused inside {stage}"),
         || async {
-            let job = db.store().get(id).await.ok()?;
-            let inside = match stage {
+            let paused: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM test_pauses WHERE job_id = $1 AND stage = $2",
+            )
+            .bind(id)
+            .bind(stage)
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            let written = match stage {
                 "extract" => blobs.join(format!("runs/{id}/records.ndjson")).exists(),
-                "sync" => !sink_docs(&pool, id).await.is_empty(),
+                // Rows are streaming into the version's table, not yet attached.
+                "sync" => sqlx::query_scalar::<_, i64>(
+                    "SELECT coalesce(sum(tuples_processed), 0)::bigint FROM pg_stat_progress_copy
+                      WHERE relid = to_regclass('sink_documents_v' || $1)",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .ok()?
+                    > 0,
                 "promote" => blobs.join("latest/BU-K/sap_fbl3n/manifest.json").exists(),
                 _ => true,
             };
-            (job.stage.as_deref().unwrap_or("extract") == stage && inside).then_some(())
+            (paused == 1 && written).then_some(())
         },
     )
     .await;
-    if stage == "verify" {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let job = db.store().get(id).await.unwrap();
+    // (No stage yet means the first one.)
+    assert_eq!(
+        job.stage.as_deref().unwrap_or("extract"),
+        stage,
+        "the kill lands inside {stage}"
+    );
     a.signal("KILL");
     a.wait_exit(Duration::from_secs(10)).await;
+    if stage == "sync" {
+        assert!(
+            sink_docs(&db.pool, id).await.is_empty(),
+            "a killed sync leaves nothing readers can see"
+        );
+    }
     if stage == "promote" {
         assert_eq!(
             counter(&db.pool).await,
@@ -143,8 +171,8 @@ async fn drain_during_a_large_extract_then_resume_in_the_new_version() {
     let slow = with(
         process_env(&db.url, "v1"),
         &[
-            ("ETLQ__ETL__PAUSE_IN_STAGE_MS", "3000"),
-            ("ETLQ__ETL__PAUSE_STAGE", "extract"),
+            ("ETLQ__TESTING__PAUSE_IN_STAGE_MS", "3000"),
+            ("ETLQ__TESTING__PAUSE_STAGE", "extract"),
         ],
     );
     let mut a = spawn_process("serve", &slow);

@@ -12,8 +12,9 @@ use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use etlq::configuration::Settings;
+use etlq::db::Pools;
 use etlq::queue::{JobState, JobStore, NewJob};
-use etlq::startup::{Application, Role, default_registry};
+use etlq::startup::{Application, Role};
 
 /// The server the tests use: DATABASE_URL, else the local default.
 pub fn server_url() -> String {
@@ -21,16 +22,28 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn with_database(url: &str, db: &str) -> String {
+pub fn with_database(url: &str, db: &str) -> String {
     let mut u = url::Url::parse(url).expect("DATABASE_URL parses");
     u.set_path(&format!("/{db}"));
     u.to_string()
 }
 
-/// A database of its own for one test, migrated, and a blob directory of its own.
+/// A database of its own for one test, migrated, and a blob directory of its own. Dropped
+/// (database and directory) when the test ends.
 pub struct TestDb {
     pub url: String,
+    pub name: String,
+    /// For the tests' own queries.
     pub pool: PgPool,
+    pub pools: Pools,
+}
+
+/// Prefix of every test database; scripts/test drops leftovers of its own run only.
+pub fn db_prefix() -> String {
+    match std::env::var("ETLQ_TEST_RUN") {
+        Ok(run) if !run.is_empty() => format!("etlq_test_{run}_"),
+        _ => "etlq_test_".into(),
+    }
 }
 
 /// The blob directory of the test database `url` (processes find it from the URL too).
@@ -46,12 +59,30 @@ pub fn blob_dir_of(url: &str) -> std::path::PathBuf {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.blob_dir());
+        let (admin, name) = (with_database(&server_url(), "postgres"), self.name.clone());
+        // Drop runs outside any runtime (or inside one that must not block): use a thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut c = sqlx::PgConnection::connect(&admin).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut c)
+                .await
+                .ok()
+            })
+        })
+        .join();
     }
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let name = format!("etlq_test_{}", uuid::Uuid::new_v4().simple());
+        let name = format!("{}{}", db_prefix(), uuid::Uuid::new_v4().simple());
         let admin_url = with_database(&server_url(), "postgres");
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
@@ -67,12 +98,18 @@ impl TestDb {
             .connect_with(etlq::db::connect_options(&url).unwrap())
             .await
             .expect("connect to test database");
-        etlq::db::migrate(&pool).await.expect("migrate");
-        TestDb { url, pool }
+        let pools = Pools::from_main(pool.clone(), Duration::from_millis(500));
+        pools.migrate().await.expect("migrate");
+        TestDb {
+            url,
+            name,
+            pool,
+            pools,
+        }
     }
 
     pub fn store(&self) -> JobStore {
-        JobStore::new(self.pool.clone(), 5)
+        JobStore::new(&self.pools, 5)
     }
 
     pub fn blob_dir(&self) -> std::path::PathBuf {
@@ -89,23 +126,44 @@ impl TestDb {
     }
 }
 
+/// The fast-test tuning, as environment variables: child processes get exactly these, and
+/// in-process apps are built from the same list (`test_settings`), so the two cannot drift.
+pub fn test_env(db_url: &str, version: &str) -> Vec<(String, String)> {
+    let blobs = blob_dir_of(db_url).display().to_string();
+    [
+        ("DATABASE_URL", db_url),
+        ("ETLQ__BLOB__URL", blobs.as_str()),
+        // In-process apps run inside the test binary: the parser child is the real etlq.
+        ("ETLQ__ETL__PARSER_EXE", env!("CARGO_BIN_EXE_etlq")),
+        ("ETLQ__DATABASE__CREATE_IF_MISSING", "false"),
+        ("ETLQ__DATABASE__MAX_CONNECTIONS", "10"),
+        ("ETLQ__API__PORT", "0"),
+        ("ETLQ__WORKER__VERSION", version),
+        ("ETLQ__WORKER__CONCURRENCY", "10"),
+        ("ETLQ__WORKER__LEASE_MS", "1500"),
+        ("ETLQ__WORKER__POLL_INTERVAL_MS", "200"),
+        ("ETLQ__WORKER__HEARTBEAT_MS", "200"),
+        ("ETLQ__WORKER__WORKER_TTL_MS", "3000"),
+        ("ETLQ__WORKER__DRAIN_TIMEOUT_MS", "10000"),
+        ("ETLQ__MAINTENANCE__RESCUE_INTERVAL_MS", "200"),
+        ("ETLQ__MAINTENANCE__RESCUE_GRACE_MS", "600"),
+        ("ETLQ__RETRY__BACKOFF_BASE_MS", "100"),
+        ("ETLQ__RETRY__BACKOFF_MAX_MS", "1000"),
+        ("RUST_LOG", "info,sqlx=warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Environment for child processes.
+pub fn process_env(db_url: &str, version: &str) -> Vec<(String, String)> {
+    test_env(db_url, version)
+}
+
 /// Settings tuned for fast tests: short leases, quick rescue and polling.
 pub fn test_settings(db_url: &str) -> Settings {
-    let mut s = Settings::defaults();
-    s.database.url = db_url.to_string();
-    s.database.create_if_missing = false;
-    s.database.max_connections = 10;
-    s.api.port = 0;
-    s.worker.concurrency = 10;
-    s.worker.lease_ms = 1500;
-    s.worker.poll_interval_ms = 200;
-    s.worker.heartbeat_ms = 200;
-    s.worker.worker_ttl_ms = 3000;
-    s.worker.drain_timeout_ms = 10_000;
-    s.retry.backoff_base_ms = 100;
-    s.retry.backoff_max_ms = 1000;
-    s.maintenance.rescue_interval_ms = 200;
-    s
+    Settings::load_with_env(None, &test_env(db_url, "")).expect("test settings are valid")
 }
 
 pub struct TestApp {
@@ -174,18 +232,11 @@ pub async fn spawn_app_on(
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let mut settings = test_settings(&db.url);
-    settings.blob.url = db.blob_dir().display().to_string();
     tweak(&mut settings);
     let shutdown = CancellationToken::new();
-    let app = Application::build_with_pool(
-        settings,
-        role,
-        default_registry(),
-        db.pool.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .expect("app starts");
+    let app = Application::build_with_pools(settings, role, db.pools.clone(), shutdown.clone())
+        .await
+        .expect("app starts");
     TestApp {
         addr: app.addr,
         db,
@@ -256,28 +307,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Environment for child processes matching `test_settings`.
-pub fn process_env(db_url: &str, version: &str) -> Vec<(String, String)> {
-    let blobs = blob_dir_of(db_url).display().to_string();
-    [
-        ("ETLQ__BLOB__URL", blobs.as_str()),
-        ("DATABASE_URL", db_url),
-        ("ETLQ__DATABASE__CREATE_IF_MISSING", "false"),
-        ("ETLQ__WORKER__VERSION", version),
-        ("ETLQ__WORKER__CONCURRENCY", "10"),
-        ("ETLQ__WORKER__LEASE_MS", "1500"),
-        ("ETLQ__WORKER__POLL_INTERVAL_MS", "200"),
-        ("ETLQ__WORKER__HEARTBEAT_MS", "200"),
-        ("ETLQ__WORKER__WORKER_TTL_MS", "3000"),
-        ("ETLQ__MAINTENANCE__RESCUE_INTERVAL_MS", "200"),
-        ("ETLQ__RETRY__BACKOFF_BASE_MS", "100"),
-        ("RUST_LOG", "info,sqlx=warn"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
 }
 
 /// Starts `etlq <role> --port 0` and waits for its "listening" line.

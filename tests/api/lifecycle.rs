@@ -9,6 +9,7 @@ use serde_json::json;
 use etlq::lifecycle::Mode;
 use etlq::queue::JobState;
 use etlq::startup::Role;
+use etlq::worker::Signal;
 
 use crate::helpers::*;
 
@@ -49,9 +50,15 @@ async fn drain_while_idle_is_safe_at_once_and_resume_restores_normal() {
         (mode_row(&app).await.as_deref() == Some("SafeToStop")).then_some(())
     })
     .await;
-    // Nothing is claimed while drained; uploads are still accepted.
+    // Nothing is claimed while drained; uploads are still accepted. The worker is told about
+    // the new job (the signal), and still does not claim it.
+    let mut signals = app.app.as_ref().unwrap().signals.subscribe();
     let id = app.enqueue("test", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::timeout(T, async {
+        while signals.recv().await.unwrap() != Signal::JobsNotified {}
+    })
+    .await
+    .expect("the drained worker was notified of the new job");
     assert_eq!(app.store().get(id).await.unwrap().state, JobState::Queued);
 
     let (_, body) = app.post("/v1/lifecycle/resume", json!({})).await;

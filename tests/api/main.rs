@@ -1,13 +1,19 @@
 //! The one integration-test binary: every test gets its own PostgreSQL database.
 
+mod bounds;
 mod cli;
+mod cosmos;
 mod etl;
 mod etl_process;
 mod helpers;
+mod isolation;
 mod lifecycle;
 mod outage;
 mod process;
 mod queue;
+mod readme;
+mod release;
 mod rest;
 #[path = "../../examples/samples/mod.rs"]
 mod samples;
+mod tidy;

@@ -150,8 +150,9 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
         .connect(&cluster.url())
         .await
         .unwrap();
-    etlq::db::migrate(&pool).await.unwrap();
-    let store = JobStore::new(pool.clone(), 5);
+    let pools = etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1));
+    pools.migrate().await.unwrap();
+    let store = JobStore::new(&pools, 5);
     let mut worker = spawn_process("worker", &process_env(&cluster.url(), "v1"));
     let batch = |n: usize| vec![NewJob::new("test", json!({"sleep_ms": 200})); n];
     let first: Vec<i64> = store
@@ -175,11 +176,30 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
     cluster.ctl("restart");
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.ctl("stop");
+    // The worker notices (its heartbeats fail), and lives on through 3 s without PostgreSQL.
+    let failures = || async {
+        let text = reqwest::get(format!("{}/metrics", worker.base))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("etlq_heartbeat_failures_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "the worker to see the outage",
+        || async { failures().await.filter(|n| *n > 0) },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         worker.child.try_wait().unwrap().is_none(),
         "the worker survives the outage"
     );
+    assert!(failures().await.is_some(), "and still answers");
     cluster.ctl("start");
 
     let pool = PgPoolOptions::new()
@@ -187,7 +207,10 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
         .connect(&cluster.url())
         .await
         .unwrap();
-    let store = JobStore::new(pool.clone(), 5);
+    let store = JobStore::new(
+        &etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1)),
+        5,
+    );
     let second: Vec<i64> = store
         .enqueue_many(&batch(5))
         .await
@@ -209,4 +232,147 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
     assert!(worker.child.try_wait().unwrap().is_none());
     worker.signal("TERM");
     assert_eq!(worker.wait_exit(Duration::from_secs(30)).await, Some(0));
+}
+
+/// PostgreSQL stopped for longer than the lease while jobs run: when it is back, the live
+/// owners keep their jobs (no rescue, no attempt consumed), while the jobs of a worker killed
+/// during the outage are rescued within a lease of the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_lease_costs_live_workers_nothing() {
+    let cluster = Cluster::start();
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&cluster.url())
+        .await
+        .unwrap();
+    let pools = etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1));
+    pools.migrate().await.unwrap();
+    let store = JobStore::new(&pools, 5);
+    // The worker that will die during the outage, holding one long job.
+    let mut doomed = spawn_process("worker", &process_env(&cluster.url(), "doomed"));
+    let orphan = store
+        .enqueue(&NewJob::new("test", json!({"sleep_ms": {"first": 20000}})))
+        .await
+        .unwrap()
+        .job_id;
+    require_state(&store, orphan, JobState::Running, Duration::from_secs(20)).await;
+    // It claims nothing more (it keeps its job and renews its lease).
+    reqwest::Client::new()
+        .post(format!("{}/v1/lifecycle/drain", doomed.base))
+        .send()
+        .await
+        .unwrap();
+    // The survivor, holding five jobs whose first stage spans the outage. A 3 s lease, renewed
+    // every second: slower to renew than the eager rescuer below is to rescue.
+    let mut survivor_env = process_env(&cluster.url(), "survivor");
+    survivor_env.push(("ETLQ__WORKER__LEASE_MS".into(), "3000".into()));
+    let survivor = spawn_process("worker", &survivor_env);
+    let held: Vec<i64> = store
+        .enqueue_many(&vec![
+            NewJob::new(
+                "test",
+                json!({"sleep_ms": {"first": 4000}})
+            );
+            5
+        ])
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job_id)
+        .collect();
+    for id in &held {
+        require_state(&store, *id, JobState::Running, Duration::from_secs(20)).await;
+    }
+    pool.close().await;
+
+    cluster.ctl("stop");
+    doomed.signal("KILL");
+    doomed.wait_exit(Duration::from_secs(10)).await;
+    // Longer than the leases (1.5 s and 3 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The survivor is slow to come back (a busy machine): it is frozen for the first moments
+    // after the restart, while an eager rescuer is already at work.
+    survivor.signal("STOP");
+    cluster.ctl("start");
+    let restarted = chrono::Utc::now();
+    let frozen_until = tokio::time::Instant::now() + Duration::from_millis(400);
+
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&cluster.url())
+        .await
+        .unwrap();
+    let store = JobStore::new(
+        &etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1)),
+        5,
+    );
+    // An eager rescuer: the first to see PostgreSQL back, rescuing every 20 ms with the rules
+    // the workers use, its grace widened to 1.2 s so a loaded machine cannot make the thawed
+    // survivor miss it. It must not take a live owner's job.
+    let mut settings = test_settings(&cluster.url());
+    settings.maintenance.rescue_grace_ms = 1200;
+    let rules = etlq::maintenance::RescuerConfig::from_settings(&settings).rules;
+    let eager = etlq::queue::Actor::new("eager", "test");
+    let mut rescued_by_eager = 0;
+    let mut frozen = true;
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        if frozen && tokio::time::Instant::now() >= frozen_until {
+            survivor.signal("CONT");
+            frozen = false;
+        }
+        if let Ok(r) = store.rescue_expired(&eager, &rules, 100).await {
+            rescued_by_eager += r.total();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        rescued_by_eager <= 1,
+        "only the dead worker's job may be rescued"
+    );
+    for id in &held {
+        require_state(&store, *id, JobState::Succeeded, Duration::from_secs(60)).await;
+        let job = store.get(*id).await.unwrap();
+        assert_eq!(
+            job.attempts, 1,
+            "job {id}: no attempt consumed by the outage"
+        );
+        let events: Vec<String> = store
+            .events(*id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            events.iter().filter(|e| *e == "claimed").count(),
+            1,
+            "job {id}: {events:?}"
+        );
+        assert!(
+            !events.contains(&"rescued".to_string()),
+            "job {id}: {events:?}"
+        );
+    }
+    // The dead worker's job: rescued soon after the restart, then finished by the survivor.
+    let rescued_at: chrono::DateTime<chrono::Utc> = wait_for(
+        Duration::from_secs(20),
+        "the orphan to be rescued",
+        || async {
+            sqlx::query_scalar("SELECT at FROM job_events WHERE job_id = $1 AND event = 'rescued'")
+                .bind(orphan)
+                .fetch_optional(&pool)
+                .await
+                .ok()
+                .flatten()
+        },
+    )
+    .await;
+    let after = (rescued_at - restarted).to_std().unwrap_or_default();
+    // Within a lease (1.5 s) of the restart, with room for a loaded machine.
+    assert!(
+        after < Duration::from_secs(3),
+        "rescued {after:?} after the restart"
+    );
+    assert!(survivor.child.id() > 0);
 }

@@ -259,6 +259,21 @@ async fn job_detail_shows_stages_checkpoint_and_history_and_idempotency_over_res
     };
     assert_eq!(s, 200);
     assert!(text.contains("etlq_jobs_succeeded_total 1"), "{text}");
+    // Histograms by kind and stage, pickup latency by kind, queue depth by state.
+    for stage in ["first", "second", "third"] {
+        let series = format!(
+            "etlq_stage_duration_seconds_count{{kind=\"test\",stage=\"{stage}\",outcome=\"completed\"}} 1"
+        );
+        assert!(text.contains(&series), "{series} missing: {text}");
+    }
+    for series in [
+        "etlq_job_duration_seconds_count{kind=\"test\",outcome=\"succeeded\"} 1",
+        "etlq_pickup_latency_seconds_count{kind=\"test\"} 1",
+        "etlq_jobs{state=\"succeeded\"} 1",
+        "etlq_jobs_rescued_total{outcome=\"requeued\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} missing: {text}");
+    }
     let (s, doc) = app.get("/openapi.json").await;
     assert_eq!(s, 200);
     assert!(doc["paths"]["/v1/jobs"].is_object());

@@ -1,7 +1,5 @@
-//! Built-in job kinds for smoke tests, benchmarks and the queue's own test-suite.
-//!
-//! `noop`: one stage that does nothing. `test`: stages `first`, `second`, `third`, each of which
-//! sleeps, fails on demand and records that it ran in `test_stage_runs`. Payload:
+//! The `test` job kind for the queue's own test-suite: stages `first`, `second`, `third`, each
+//! of which sleeps, fails on demand and records that it ran in `test_stage_runs`. Payload:
 //! `{"sleep_ms": 200 | {"second": 3000}, "fail": {"second": {"times": 2, "fatal": false}},
 //!   "ignore_cancel": false, "record": true}` — `times` omitted means every attempt fails.
 
@@ -11,21 +9,21 @@ use chrono::Utc;
 use futures_util::FutureExt;
 use serde_json::{Value, json};
 
-use super::{FnStage, JobKind, Registry, StageContext, StageError};
+use super::TestRuns;
+use crate::pipeline::{FnStage, JobKind, StageContext, StageError};
 
-pub const NOOP_KIND: &str = "noop";
 pub const TEST_KIND: &str = "test";
 pub const TEST_STAGES: [&str; 3] = ["first", "second", "third"];
 
-pub fn register_builtin(registry: &mut Registry) {
-    registry.register(JobKind::new(NOOP_KIND).stage(FnStage::new("run", |_ctx| {
-        async { Ok(Value::Null) }.boxed()
-    })));
+pub(super) fn kind(runs: TestRuns) -> JobKind {
     let mut test = JobKind::new(TEST_KIND);
     for name in TEST_STAGES {
-        test = test.stage(FnStage::new(name, |ctx| test_stage(ctx).boxed()));
+        let runs = runs.clone();
+        test = test.stage(FnStage::new(name, move |ctx| {
+            test_stage(ctx, runs.clone()).boxed()
+        }));
     }
-    registry.register(test);
+    test
 }
 
 fn per_stage<'a>(payload: &'a Value, key: &str, stage: &str) -> Option<&'a Value> {
@@ -35,7 +33,7 @@ fn per_stage<'a>(payload: &'a Value, key: &str, stage: &str) -> Option<&'a Value
     }
 }
 
-async fn test_stage(ctx: StageContext) -> Result<Value, StageError> {
+async fn test_stage(ctx: StageContext, runs: TestRuns) -> Result<Value, StageError> {
     let started_at = Utc::now();
     let stage = ctx.stage.to_string();
     let sleep_ms = per_stage(&ctx.payload, "sleep_ms", &stage)
@@ -70,19 +68,9 @@ async fn test_stage(ctx: StageContext) -> Result<Value, StageError> {
         .map(|m| m.keys().collect())
         .unwrap_or_default();
     if ctx.payload["record"].as_bool().unwrap_or(true) {
-        sqlx::query(
-            "INSERT INTO test_stage_runs (job_id, stage, attempt, worker_id, pid, started_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(ctx.job_id)
-        .bind(&stage)
-        .bind(ctx.attempt)
-        .bind(ctx.worker_id.as_ref())
-        .bind(std::process::id() as i32)
-        .bind(started_at)
-        .execute(ctx.pool())
-        .await
-        .map_err(|e| StageError::Retryable(format!("recording the run: {e}")))?;
+        runs.record_run(&ctx, started_at)
+            .await
+            .map_err(|e| StageError::Retryable(format!("recording the run: {e}")))?;
     }
     Ok(json!({
         "stage": stage,

@@ -1,4 +1,4 @@
-//! Extractors whose rejections are JSON errors in the documented shape.
+//! axum extractors whose rejections are JSON errors in the documented shape.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -54,6 +54,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
+/// A multipart body; a missing or malformed boundary is a JSON 400, not axum's text.
+pub struct Multipart(pub axum::extract::Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for Multipart {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Multipart::from_request(req, state)
+            .await
+            .map(Multipart)
+            .map_err(|r| {
+                ApiError::bad_request(format!(
+                    "expected a multipart/form-data body with a boundary: {}",
+                    r.body_text()
+                ))
+            })
+    }
+}
+
 /// A job id in the path: a positive integer, else 400.
 pub struct JobId(pub i64);
 
@@ -67,7 +85,8 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
         match raw.parse::<i64>() {
             Ok(id) if id > 0 => Ok(JobId(id)),
             _ => Err(ApiError::bad_request(format!(
-                "invalid job id {raw:?}: expected a positive integer"
+                "invalid job id {:?}: expected a positive integer",
+                raw.escape_debug().to_string()
             ))),
         }
     }

@@ -1,0 +1,108 @@
+//! What the ETL and sink benchmarks share: a release `etlq serve` that dies with the
+//! benchmark, and an upload that is waited for until promoted.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub struct Server {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `etlq serve` on a free port with `env` on top of the embedded defaults.
+pub fn start_server(bin: &Path, env: &[(String, String)]) -> Server {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(bin)
+        .args(["serve", "--port", "0"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .die_with_parent()
+        .spawn()
+        .expect("start etlq serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("etlq exited").unwrap();
+        if let Some(url) = line.strip_prefix("etlq listening on ") {
+            break url.trim().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, base }
+}
+
+/// Uploads `bytes` as a `sap_fbl3n` export for `bu`; returns the job id.
+pub async fn upload(client: &reqwest::Client, base: &str, bytes: &[u8], bu: &str) -> i64 {
+    let form = reqwest::multipart::Form::new()
+        .text("bu_id", bu.to_string())
+        .text("connector", "sap_fbl3n")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes.to_vec()).file_name("gl.xlsx"),
+        );
+    let r: Value = client
+        .post(format!("{base}/v1/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    r["job_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no job id: {r}"))
+}
+
+/// Waits until job `id` has succeeded; returns the job as the API shows it.
+pub async fn wait_promoted(client: &reqwest::Client, base: &str, id: i64) -> Value {
+    loop {
+        let v: Value = client
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match v["state"].as_str() {
+            Some("succeeded") => return v,
+            Some("dead" | "cancelled") => panic!("job {id} failed: {v}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The server dies with the benchmark even when the benchmark is killed (no Drop runs then).
+trait DieWithParent {
+    fn die_with_parent(&mut self) -> &mut Self;
+}
+
+impl DieWithParent for Command {
+    fn die_with_parent(&mut self) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            self.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Dataset versions and their promotion (ADR 0005): `dataset_manifests`, `promotions`,
+//! `superseded_versions` and `cache_manifest`, owned by [`DatasetStore`]. This is the seam a
+//! second sink (Cosmos DB) mirrors promotions through; PostgreSQL stays the source of truth.
+
+mod store;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use store::{DatasetError, DatasetStore};
+
+/// One (bu_id, connector): the promoted version and how it got there.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Manifest {
+    pub bu_id: String,
+    pub connector: String,
+    pub version: i64,
+    pub records: i64,
+    pub checksum: String,
+    pub generation: i64,
+    pub promoted_at: DateTime<Utc>,
+}
+
+/// A committed promotion (`promotions` row), keyed by job id.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Promotion {
+    pub job_id: i64,
+    pub bu_id: String,
+    pub connector: String,
+    /// `promoted`, or `stale` when a newer version had been promoted already.
+    pub outcome: String,
+    pub previous_version: Option<i64>,
+    pub cache_counter: i64,
+    pub promoted_at: DateTime<Utc>,
+}
+
+/// A superseded version due for deletion.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SupersededVersion {
+    pub version: i64,
+    pub bu_id: String,
+    pub connector: String,
+}
+
+/// `GET /v1/datasets`: each dataset's manifest with its recent promotions.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetView {
+    #[serde(flatten)]
+    pub manifest: Manifest,
+    pub recent: Vec<Promotion>,
+}

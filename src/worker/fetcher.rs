@@ -1,0 +1,83 @@
+//! Claim loops: claim while Normal and slots are free; wait on NOTIFY, a freed slot, or the
+//! poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Completer, Shared, runner};
+use crate::lifecycle::Mode;
+use crate::metrics::Metrics;
+
+pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: CancellationToken) {
+    let mut status = s.lifecycle.subscribe();
+    let batch = s.config.fetch_batch.min(s.config.concurrency);
+    // With a backlog, refill in chunks rather than one claim per finished job.
+    let refill = (batch / 4).max(1);
+    let mut backlog = false;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        if s.lifecycle.mode() != Mode::Normal {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = status.wait_for(|st| st.mode == Mode::Normal) => continue,
+            }
+        }
+        let free = s
+            .config
+            .concurrency
+            .saturating_sub(s.lifecycle.status().in_flight);
+        let reserved = s.lifecycle.try_reserve(free.min(batch));
+        if reserved > 0 {
+            match s
+                .jobs
+                .claim(&s.actor, &s.kinds, reserved, s.config.lease)
+                .await
+            {
+                Ok(jobs) => {
+                    s.lifecycle.release(reserved - jobs.len());
+                    backlog = jobs.len() == reserved;
+                    Metrics::inc(&s.metrics.jobs_claimed, jobs.len() as u64);
+                    if !jobs.is_empty() {
+                        s.signals
+                            .emit(super::Signal::Claimed(jobs.iter().map(|j| j.id).collect()));
+                    }
+                    for job in jobs {
+                        s.metrics.picked_up(&job.kind, job.waited_s.max(0.0));
+                        s.tasks
+                            .spawn(runner::run_job(s.clone(), completer.clone(), job));
+                    }
+                    if backlog {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    s.lifecycle.release(reserved);
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            }
+        }
+        let threshold = if backlog { refill } else { 1 };
+        let poll = tokio::time::sleep(s.config.poll_interval);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = s.wake.notified() => break,
+                _ = &mut poll => break,
+                _ = s.slot_freed.notified() => {
+                    let free = s.config.concurrency.saturating_sub(s.lifecycle.status().in_flight);
+                    if free >= threshold { break; }
+                }
+                _ = status.wait_for(|st| st.mode != Mode::Normal) => break,
+            }
+        }
+    }
+}
