@@ -535,6 +535,108 @@ mod tests {
         );
     }
 
+    /// The fast path either declines or agrees with the general parser: every string of up
+    /// to 4 characters over the characters numbers are made of, then 200,000 longer ones
+    /// drawn at random (fixed seed), in three locales.
+    #[test]
+    fn the_fast_number_parser_agrees_with_the_general_one() {
+        const ALPHABET: &[u8] = b"0123456789.,- ()+";
+        let no_grouping = Locale {
+            thousands_separator: None,
+            ..Locale::default()
+        };
+        let locales = [Locale::default(), de(), no_grouping];
+        let fast_numbers = std::cell::Cell::new(0usize);
+        let check = |s: &str| {
+            for l in &locales {
+                if let Some(fast) = parse_ascii_number(s, l) {
+                    let general = parse_number_text_general(s, l);
+                    match (&fast, &general) {
+                        (Ok(a), Ok(b)) => {
+                            assert!(
+                                a == b && a.scale() == b.scale(),
+                                "{s:?}: fast {a} vs general {b}"
+                            );
+                            fast_numbers.set(fast_numbers.get() + 1);
+                        }
+                        (Err(_), Err(_)) => {}
+                        _ => panic!("{s:?}: fast {fast:?} vs general {general:?}"),
+                    }
+                }
+            }
+        };
+        let mut s = String::new();
+        let mut checked = 0;
+        for len in 0..=4u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                s.clear();
+                for _ in 0..len {
+                    s.push(ALPHABET[n % ALPHABET.len()] as char);
+                    n /= ALPHABET.len();
+                }
+                check(&s);
+                checked += 1;
+            }
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200_000 {
+            s.clear();
+            let len = 5 + (next() % 40) as usize;
+            for _ in 0..len {
+                // Mostly digits and separators, the shapes real exports have.
+                let r = next() % 100;
+                let c = match r {
+                    0..=69 => b'0' + (next() % 10) as u8,
+                    _ => ALPHABET[10 + (next() % 7) as usize],
+                };
+                s.push(c as char);
+            }
+            check(&s);
+            checked += 1;
+        }
+        // Well-formed numbers too (random text rarely is one): grouped or not, with or
+        // without a fraction, in each sign style, up to 40 digits (past the fast path's 38).
+        for _ in 0..50_000 {
+            let (sep, dec) = [(',', '.'), ('.', ','), (' ', ',')][(next() % 3) as usize];
+            let int_len = 1 + (next() % 30) as usize;
+            let digits: Vec<char> = (0..int_len)
+                .map(|_| (b'0' + (next() % 10) as u8) as char)
+                .collect();
+            let grouped = next() % 2 == 0;
+            s.clear();
+            for (i, c) in digits.iter().enumerate() {
+                if grouped && i > 0 && (int_len - i) % 3 == 0 {
+                    s.push(sep);
+                }
+                s.push(*c);
+            }
+            if next() % 2 == 0 {
+                s.push(dec);
+                for _ in 0..(next() % 10) {
+                    s.push((b'0' + (next() % 10) as u8) as char);
+                }
+            }
+            let number = std::mem::take(&mut s);
+            s = match next() % 4 {
+                0 => format!("-{number}"),
+                1 => format!("{number}-"),
+                2 => format!("({number})"),
+                _ => number,
+            };
+            check(&s);
+            checked += 1;
+        }
+        assert!(checked > 330_000);
+        // The comparison is not vacuous: the fast path parsed a good share itself.
+        assert!(fast_numbers.get() > 20_000, "{}", fast_numbers.get());
+    }
+
     #[test]
     fn floats_become_the_exact_decimal_excel_shows() {
         let en = Locale::default();
