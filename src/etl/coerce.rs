@@ -611,7 +611,7 @@ mod tests {
             let grouped = next() % 2 == 0;
             s.clear();
             for (i, c) in digits.iter().enumerate() {
-                if grouped && i > 0 && (int_len - i) % 3 == 0 {
+                if grouped && i > 0 && (int_len - i).is_multiple_of(3) {
                     s.push(sep);
                 }
                 s.push(*c);
