@@ -48,9 +48,11 @@ pub fn doc_digest(bu_id: &str, connector: &str, key: &[&Value<'_>]) -> [u8; 16] 
 }
 
 pub fn hex_id(digest: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(32);
     for b in digest {
-        write!(s, "{b:02x}").expect("writing to a String");
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
     }
     s
 }
@@ -258,6 +260,14 @@ fn split_line(text: &str) -> Option<(&str, i64, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_ids_are_lowercase_two_digits_per_byte() {
+        let digest: [u8; 16] = std::array::from_fn(|i| ((i as u8) * 17) ^ 0xa0);
+        let want: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex_id(&digest), want);
+        assert_eq!(hex_id(&[0; 16]), "0".repeat(32));
+    }
     use rust_decimal::Decimal;
 
     #[test]

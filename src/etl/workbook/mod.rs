@@ -3,7 +3,8 @@
 //!
 //! Memory follows the cells present: rows are sparse (only cells that exist), cells at or past
 //! a column limit (the connector's rightmost mapped column, once the header is known) are
-//! dropped as they are read, xlsx and xlsb are streamed cell by cell, ods is streamed by our
+//! dropped as they are read, xlsx (our own reader, `xlsx.rs`, ADR 0010; calamine for layouts
+//! it leaves to calamine) and xlsb are streamed cell by cell, ods is streamed by our
 //! own reader with repeated rows and columns expanded lazily and within that limit, and xls
 //! has its declared dimensions neutralised before calamine reads it (a forged DIMENSIONS
 //! record made calamine reserve petabytes). The extract child's memory limit is the
@@ -11,6 +12,7 @@
 
 mod ods;
 mod xls;
+mod xlsx;
 
 use std::borrow::Cow;
 use std::io::Cursor;
@@ -174,6 +176,8 @@ fn cell_ref<'a>(d: &DataRef<'a>) -> Cell<'a> {
 }
 
 enum Book {
+    /// Our own streaming reader (ADR 0010); calamine's for layouts it leaves to calamine.
+    Fast(Box<xlsx::FastXlsx>),
     Xlsx(Box<Xlsx<Cursor<Vec<u8>>>>),
     Xlsb(Box<Xlsb<Cursor<Vec<u8>>>>),
     Xls(Box<Xls<Cursor<Vec<u8>>>>),
@@ -226,9 +230,12 @@ pub fn open_sheet(
         ))
     } else {
         match inspect_zip(&bytes, max_inflated_bytes)? {
-            ZipKind::Xlsx => Book::Xlsx(Box::new(
-                Xlsx::new(Cursor::new(bytes)).map_err(|e| corrupt(&e))?,
-            )),
+            ZipKind::Xlsx => match xlsx::FastXlsx::open(bytes)? {
+                Ok(fast) => Book::Fast(Box::new(fast)),
+                Err(bytes) => Book::Xlsx(Box::new(
+                    Xlsx::new(Cursor::new(bytes)).map_err(|e| corrupt(&e))?,
+                )),
+            },
             ZipKind::Xlsb => Book::Xlsb(Box::new(
                 Xlsb::new(Cursor::new(bytes)).map_err(|e| corrupt(&e))?,
             )),
@@ -236,6 +243,7 @@ pub fn open_sheet(
         }
     };
     let names = match &book {
+        Book::Fast(x) => x.sheet_names(),
         Book::Xlsx(x) => x.sheet_names(),
         Book::Xlsb(x) => x.sheet_names(),
         Book::Xls(x) => x.sheet_names(),
@@ -312,6 +320,7 @@ impl SheetReader {
         let mut rows = RowBuilder::new(limit, on_row);
         let SheetReader { book, name } = self;
         match book {
+            Book::Fast(x) => x.for_each_cell(name, |r, c, cell| rows.push(r, c, cell))?,
             Book::Xlsx(x) => {
                 let mut cells = x.worksheet_cells_reader(name).map_err(|e| corrupt(&e))?;
                 while let Some(c) = cells.next_cell().map_err(|e| corrupt(&e))? {
