@@ -185,11 +185,19 @@ async fn drain_during_a_large_extract_then_resume_in_the_new_version() {
         || async { records.exists().then_some(()) },
     )
     .await;
-    // Progress of the running stage is visible meanwhile.
-    let v = a.get_json(&format!("/v1/jobs/{id}")).await.unwrap();
+    // Progress of the running stage is visible meanwhile (reported on the reporter's next
+    // tick: the parse itself can finish within one).
+    let v = wait_for(
+        Duration::from_secs(2),
+        "extract progress past 10,000 rows",
+        || async {
+            let v = a.get_json(&format!("/v1/jobs/{id}")).await?;
+            (v["progress"]["rows_read"].as_u64()? > 10_000).then_some(v)
+        },
+    )
+    .await;
     assert_eq!(v["state"], "running");
     assert_eq!(v["progress"]["stage"], "extract", "{v}");
-    assert!(v["progress"]["rows_read"].as_u64().unwrap() > 10_000, "{v}");
 
     let client = reqwest::Client::new();
     let r = client

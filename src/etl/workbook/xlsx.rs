@@ -68,6 +68,28 @@ fn part<'a, 'z>(
     }
 }
 
+/// Calls `f` for every element named `local` (start or empty) of the part at `path`; false
+/// when the package has no such part.
+fn each_element(
+    zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
+    path: &str,
+    local: &str,
+    mut f: impl FnMut(&BytesStart) -> Result<(), WorkbookError>,
+) -> Result<bool, WorkbookError> {
+    let Some(mut xml) = part(zip, path)? else {
+        return Ok(false);
+    };
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match xml.read_event_into(&mut buf).map_err(corrupt)? {
+            Event::Start(e) if e.local_name().as_ref() == local => f(&e)?,
+            Event::Eof => return Ok(true),
+            _ => {}
+        }
+    }
+}
+
 /// An attribute's raw (not unescaped) value.
 fn raw_attr_str(e: &BytesStart, key: &str) -> Result<Option<String>, WorkbookError> {
     for a in e.attributes().with_checks(false) {
@@ -326,27 +348,15 @@ impl FastXlsx {
 
         // The workbook part, from the package relationships.
         let mut target = None;
-        {
-            let Some(mut xml) = part(&mut zip, "_rels/.rels")? else {
-                return Ok(None);
-            };
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match xml.read_event_into(&mut buf).map_err(corrupt)? {
-                    Event::Start(e) if e.local_name().as_ref() == "Relationship" => {
-                        let typ = raw_attr_str(&e, "Type")?.unwrap_or_default();
-                        if typ.ends_with("/relationships/officeDocument")
-                            && let Some(t) = raw_attr_str(&e, "Target")?
-                        {
-                            target = Some(decode_attr(&t)?);
-                        }
-                    }
-                    Event::Eof => break,
-                    _ => {}
-                }
+        each_element(&mut zip, "_rels/.rels", "Relationship", |e| {
+            let typ = raw_attr_str(e, "Type")?.unwrap_or_default();
+            if typ.ends_with("/relationships/officeDocument")
+                && let Some(t) = raw_attr_str(e, "Target")?
+            {
+                target = Some(decode_attr(&t)?);
             }
-        }
+            Ok(())
+        })?;
         let Some(target) = target else {
             return Ok(None);
         };
@@ -375,60 +385,42 @@ impl FastXlsx {
 
         // Relationship id → target.
         let mut rels = HashMap::new();
-        {
-            let mut xml = part(&mut zip, &rels_path)?.expect("checked above");
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match xml.read_event_into(&mut buf).map_err(corrupt)? {
-                    Event::Start(e) if e.local_name().as_ref() == "Relationship" => {
-                        if let Some(id) = raw_attr_str(&e, "Id")? {
-                            rels.insert(id, raw_attr_str(&e, "Target")?.unwrap_or_default());
-                        }
-                    }
-                    Event::Eof => break,
-                    _ => {}
-                }
+        each_element(&mut zip, &rels_path, "Relationship", |e| {
+            if let Some(id) = raw_attr_str(e, "Id")? {
+                rels.insert(id, raw_attr_str(e, "Target")?.unwrap_or_default());
             }
-        }
+            Ok(())
+        })?;
 
-        // Sheets in order.
+        // Sheets in order; a sheet whose part is not where its relationship says goes to
+        // calamine with the rest of the package.
         let mut sheets = Vec::new();
-        {
-            let mut xml = part(&mut zip, &workbook_path)?.expect("checked above");
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match xml.read_event_into(&mut buf).map_err(corrupt)? {
-                    Event::Start(e) if e.local_name().as_ref() == "sheet" => {
-                        let mut name = String::new();
-                        let mut rel = None;
-                        for a in e.attributes().with_checks(false) {
-                            let a = a.map_err(corrupt)?;
-                            let key = a.key.as_ref();
-                            let value = a.value.into_owned();
-                            if key == "name" {
-                                name = decode_attr(&value)?;
-                            } else if key == "id" || key.ends_with(":id") {
-                                rel = Some(value);
-                            }
-                        }
-                        let Some(target) = rel.and_then(|r| rels.get(&r)) else {
-                            return Ok(None);
-                        };
-                        let path = match target.strip_prefix('/') {
-                            Some(abs) => abs.to_string(),
-                            None => format!("{xl}{target}"),
-                        };
-                        if !exact(&path) {
-                            return Ok(None);
-                        }
-                        sheets.push((name, path));
-                    }
-                    Event::Eof => break,
-                    _ => {}
+        let mut all_found = true;
+        each_element(&mut zip, &workbook_path, "sheet", |e| {
+            let mut name = String::new();
+            let mut rel = None;
+            for a in e.attributes().with_checks(false) {
+                let a = a.map_err(corrupt)?;
+                let key = a.key.as_ref();
+                if key == "name" {
+                    name = decode_attr(&a.value)?;
+                } else if key == "id" || key.ends_with(":id") {
+                    rel = Some(a.value.into_owned());
                 }
             }
+            let path = match rel.and_then(|r| rels.get(&r)) {
+                Some(target) => match target.strip_prefix('/') {
+                    Some(abs) => abs.to_string(),
+                    None => format!("{xl}{target}"),
+                },
+                None => String::new(),
+            };
+            all_found &= exact(&path);
+            sheets.push((name, path));
+            Ok(())
+        })?;
+        if !all_found {
+            return Ok(None);
         }
 
         // Shared strings.
@@ -833,82 +825,69 @@ fn local(name: &[u8]) -> &[u8] {
     }
 }
 
-/// A raw attribute value by exact key.
-fn attr<'s>(attrs: &'s [u8], key: &[u8]) -> Option<&'s [u8]> {
-    let mut i = 0;
-    let n = attrs.len();
-    while i < n {
-        while i < n && attrs[i].is_ascii_whitespace() {
+/// A tag's attributes as (key, raw value) pairs; stops at the first malformed one.
+struct AttrIter<'s> {
+    attrs: &'s [u8],
+    i: usize,
+}
+
+impl<'s> Iterator for AttrIter<'s> {
+    type Item = (&'s [u8], &'s [u8]);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        let (a, n) = (self.attrs, self.attrs.len());
+        let mut i = self.i;
+        while i < n && a[i].is_ascii_whitespace() {
             i += 1;
         }
         let k0 = i;
-        while i < n && attrs[i] != b'=' && !attrs[i].is_ascii_whitespace() {
+        while i < n && a[i] != b'=' && !a[i].is_ascii_whitespace() {
             i += 1;
         }
-        let k = &attrs[k0..i];
-        while i < n && attrs[i] != b'=' {
+        let k1 = i;
+        while i < n && a[i] != b'=' {
             i += 1;
         }
         i += 1;
-        while i < n && attrs[i].is_ascii_whitespace() {
+        while i < n && a[i].is_ascii_whitespace() {
             i += 1;
         }
-        if i >= n {
-            return None;
-        }
-        let q = attrs[i];
-        if q != b'"' && q != b'\'' {
+        if i >= n || (a[i] != b'"' && a[i] != b'\'') {
+            self.i = n;
             return None;
         }
         let v0 = i + 1;
-        let v1 = v0 + memchr::memchr(q, &attrs[v0..])?;
-        if k == key {
-            return Some(&attrs[v0..v1]);
-        }
-        i = v1 + 1;
+        let Some(len) = memchr::memchr(a[i], &a[v0..]) else {
+            self.i = n;
+            return None;
+        };
+        self.i = v0 + len + 1;
+        Some((&a[k0..k1], &a[v0..v0 + len]))
     }
-    None
+}
+
+fn attrs(attrs: &[u8]) -> AttrIter<'_> {
+    AttrIter { attrs, i: 0 }
+}
+
+/// A raw attribute value by exact key.
+fn attr<'s>(a: &'s [u8], key: &[u8]) -> Option<&'s [u8]> {
+    attrs(a).find(|(k, _)| same(k, key)).map(|(_, v)| v)
 }
 
 type Attrs3<'s> = (Option<&'s [u8]>, Option<&'s [u8]>, Option<&'s [u8]>);
 
 /// A cell's `r`, `s` and `t` attributes in one pass (raw values, exact keys).
-fn cell_attrs(attrs: &[u8]) -> Attrs3<'_> {
+fn cell_attrs(a: &[u8]) -> Attrs3<'_> {
     let (mut r, mut s, mut t) = (None, None, None);
-    let n = attrs.len();
-    let mut i = 0;
-    while i < n {
-        while i < n && attrs[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let k0 = i;
-        while i < n && attrs[i] != b'=' && !attrs[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        let k1 = i;
-        while i < n && attrs[i] != b'=' {
-            i += 1;
-        }
-        i += 1;
-        while i < n && attrs[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if i >= n || (attrs[i] != b'"' && attrs[i] != b'\'') {
-            break;
-        }
-        let q = attrs[i];
-        let v0 = i + 1;
-        let Some(len) = memchr::memchr(q, &attrs[v0..]) else {
-            break;
-        };
-        let v = Some(&attrs[v0..v0 + len]);
-        match &attrs[k0..k1] {
-            b"r" => r = v,
-            b"s" => s = v,
-            b"t" => t = v,
+    for (k, v) in attrs(a) {
+        match k {
+            b"r" => r = Some(v),
+            b"s" => s = Some(v),
+            b"t" => t = Some(v),
             _ => {}
         }
-        i = v0 + len + 1;
     }
     (r, s, t)
 }
