@@ -1,5 +1,5 @@
 //! `/v1/jobs`: enqueue (any registered kind, or an ETL job for a blob already in the store),
-//! list, show, cancel.
+//! list, show, cancel, and an ETL job's rejected rows.
 
 use axum::Extension;
 use axum::extract::State;
@@ -221,4 +221,62 @@ pub async fn cancel(
     Ok(axum::Json(
         json!({"job_id": id, "state": "cancelled", "previous_state": previous}),
     ))
+}
+
+pub const MAX_REJECTED_PAGE: usize = 1000;
+pub const DEFAULT_REJECTED_PAGE: usize = 100;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedQuery {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/jobs/{id}/rejected?offset=&limit=`: the rows an ETL job's extract rejected
+/// (sheet, row, column, value, reason), in sheet order, a page at a time.
+pub async fn rejected(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+    Query(q): Query<RejectedQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_REJECTED_PAGE);
+    if limit == 0 || limit > MAX_REJECTED_PAGE {
+        return Err(ApiError::unprocessable(format!(
+            "limit: between 1 and {MAX_REJECTED_PAGE}"
+        )));
+    }
+    let job = state.jobs.get(id).await?;
+    if job.kind != ETL_KIND {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_an_etl_job",
+            format!(
+                "job {id} is a {} job; only etl jobs have rejected rows",
+                job.kind
+            ),
+        ));
+    }
+    let (rows, total) =
+        match crate::etl::artifact::rejected_page(&state.etl.blobs, id, q.offset, limit).await {
+            Ok(page) => page,
+            Err(crate::storage::StorageError::NotFound(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "not_extracted_yet",
+                    format!(
+                        "job {id} has no rejected-rows artifact yet (extract has not finished)"
+                    ),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+    Ok(axum::Json(json!({
+        "job_id": id,
+        "offset": q.offset,
+        "limit": limit,
+        "total": total,
+        "rejected": rows,
+    })))
 }

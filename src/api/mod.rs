@@ -76,6 +76,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
             .route("/jobs", post(jobs::create).get(jobs::list))
             .route("/jobs/{id}", get(jobs::show))
             .route("/jobs/{id}/cancel", post(jobs::cancel))
+            .route("/jobs/{id}/rejected", get(jobs::rejected))
             .route("/dead-letters", get(dead_letters::list))
             .route("/dead-letters/retry", post(dead_letters::retry_bulk))
             .route("/dead-letters/{id}/retry", post(dead_letters::retry_one))

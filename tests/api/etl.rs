@@ -237,6 +237,56 @@ async fn uploaded_samples_are_extracted_synced_verified_and_promoted() {
         .collect();
     assert_eq!(got, want);
 
+    // The same rows over REST, a page at a time.
+    let page = |q: &str| {
+        let url = format!("{base}/v1/jobs/{gl_job}/rejected{q}");
+        let client = app.client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, first) = page("?limit=1").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["total"].as_u64(), first["limit"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(first["rejected"].as_array().unwrap().len(), 1);
+    let (_, second) = page("?offset=1&limit=1").await;
+    let over_rest: Vec<(usize, String)> = [&first, &second]
+        .iter()
+        .map(|p| {
+            let r = &p["rejected"][0];
+            (
+                r["row"].as_u64().unwrap() as usize,
+                r["column"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(over_rest, want);
+    assert_eq!(page("?offset=5").await.1["rejected"], json!([]));
+    let (status, e) = page("?limit=0").await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (422, Some("unprocessable")),
+        "{e}"
+    );
+    let (status, e) = page("?limit=x").await;
+    assert_eq!(status, 400, "{e}");
+    let noop = app.enqueue("noop", json!({})).await;
+    let r = app
+        .client
+        .get(format!("{base}/v1/jobs/{noop}/rejected"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "not_an_etl_job"
+    );
+
     // Promoted: manifest, counter, latest artifacts.
     let (version, records): (i64, i64) = sqlx::query_as(
         "SELECT version, records FROM dataset_manifests WHERE bu_id = 'BU-1000' AND connector = 'sap_fbl3n'",
