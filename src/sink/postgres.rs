@@ -135,39 +135,32 @@ impl PgSink {
             .await
             .map_err(unavailable)?;
         let dropped = async {
-            let state: Option<(bool, i64)> = sqlx::query_as(
-                "SELECT i.inhrelid IS NOT NULL AND NOT i.inhdetachpending,
-                        (SELECT count(*) FROM pg_class WHERE oid = to_regclass($1))
+            // Whether the table exists, and whether a detach of it is pending, in one read.
+            let (exists, attached, pending): (bool, bool, bool) = sqlx::query_as(
+                "SELECT to_regclass($1) IS NOT NULL,
+                        i.inhrelid IS NOT NULL,
+                        coalesce(i.inhdetachpending, false)
                    FROM (SELECT 1) one
                    LEFT JOIN pg_inherits i ON i.inhrelid = to_regclass($1)",
             )
             .bind(&part)
-            .fetch_optional(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(unavailable)?;
-            let Some((attached, exists)) = state else {
-                return Ok(0);
-            };
-            if exists == 0 {
+            if !exists {
                 return Ok(0);
             }
-            let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT count(*) FROM {part}"
-            )))
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-            let pending: bool = sqlx::query_scalar(
-                "SELECT coalesce(bool_or(inhdetachpending), false) FROM pg_inherits WHERE inhrelid = to_regclass($1)",
-            )
-            .bind(&part)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+            let rows: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {part}")))
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(unavailable)?;
             // CONCURRENTLY: readers of other versions are never blocked. An interrupted
             // detach is finished instead.
             let detach = if pending {
-                Some(format!("ALTER TABLE sink_documents DETACH PARTITION {part} FINALIZE"))
+                Some(format!(
+                    "ALTER TABLE sink_documents DETACH PARTITION {part} FINALIZE"
+                ))
             } else if attached {
                 Some(format!(
                     "ALTER TABLE sink_documents DETACH PARTITION {part} CONCURRENTLY"

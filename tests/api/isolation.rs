@@ -30,19 +30,7 @@ fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, 
 fn xfd_sparse_xlsx() -> Vec<u8> {
     let mut wb = rust_xlsxwriter::Workbook::new();
     let ws = wb.add_worksheet();
-    for (c, h) in [
-        "Account",
-        "Account Name",
-        "Period End",
-        "Opening Balance",
-        "Debit",
-        "Credit",
-        "Closing Balance",
-        "Active",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (c, h) in samples::TB_HEADERS.iter().enumerate() {
         ws.write_string(0, c as u16, *h).unwrap();
     }
     for r in 1..=4096 {

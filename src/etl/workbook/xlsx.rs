@@ -517,7 +517,7 @@ impl FastXlsx {
                     pos: 0,
                     done: false,
                 },
-                pending_end: None,
+                pending_end: false,
                 end_name: Vec::new(),
             };
             let cells = CellReader {
@@ -627,7 +627,7 @@ enum Ev {
 struct Scanner {
     src: Source,
     /// A `<x/>` was returned as a start: its end comes next.
-    pending_end: Option<()>,
+    pending_end: bool,
     end_name: Vec<u8>,
 }
 
@@ -732,7 +732,7 @@ fn item(s: &[u8]) -> Result<Option<(Ev, usize, bool)>, WorkbookError> {
 
 impl Scanner {
     fn next(&mut self) -> Result<Ev, WorkbookError> {
-        if self.pending_end.take().is_some() {
+        if std::mem::take(&mut self.pending_end) {
             return Ok(Ev::EmptyEnd);
         }
         loop {
@@ -749,7 +749,7 @@ impl Scanner {
                             self.end_name.clear();
                             self.end_name
                                 .extend_from_slice(&self.src.buf[shift(name.clone())]);
-                            self.pending_end = Some(());
+                            self.pending_end = true;
                         }
                         Ev::Start {
                             name: shift(name),
