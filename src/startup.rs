@@ -27,8 +27,8 @@ use crate::faults::Faults;
 use crate::fleet::{FleetStore, WorkerInfo};
 use crate::lifecycle::Lifecycle;
 use crate::maintenance::{
-    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, SupersededCleaner,
-    SupersededCleanerConfig,
+    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, StatsRollup, StatsRollupConfig,
+    SupersededCleaner, SupersededCleanerConfig,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{Registry, noop_kind};
@@ -253,6 +253,13 @@ impl Application {
                     etl.sink.clone(),
                     etl.blobs.clone(),
                     SupersededCleanerConfig::from_settings(&settings.etl),
+                )
+                .run(maintenance.clone()),
+            );
+            tasks.spawn(
+                StatsRollup::new(
+                    jobs.clone(),
+                    StatsRollupConfig::from_settings(&settings.maintenance),
                 )
                 .run(maintenance.clone()),
             );

@@ -47,8 +47,12 @@ pub async fn list(
             parse_limit(q.limit)?,
         )
         .await?;
+    let total = state
+        .jobs
+        .dead_letter_count(&filter, q.include_retried)
+        .await?;
     Ok(axum::Json(
-        json!({"dead_letters": page.items, "next_cursor": page.next_cursor}),
+        json!({"dead_letters": page.items, "next_cursor": page.next_cursor, "total": total}),
     ))
 }
 

@@ -82,12 +82,17 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
                 .map_err(|r: PathRejection| ApiError::bad_request(r.body_text()))?;
-        match raw.parse::<i64>() {
-            Ok(id) if id > 0 => Ok(JobId(id)),
-            _ => Err(ApiError::bad_request(format!(
-                "invalid job id {:?}: expected a positive integer",
-                raw.escape_debug().to_string()
-            ))),
-        }
+        parse_job_id(&raw).map(JobId)
+    }
+}
+
+/// A job id from a path segment: a positive integer, else 400.
+pub fn parse_job_id(raw: &str) -> Result<i64, ApiError> {
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::bad_request(format!(
+            "invalid job id {:?}: expected a positive integer",
+            raw.escape_debug().to_string()
+        ))),
     }
 }

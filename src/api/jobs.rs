@@ -5,6 +5,7 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -154,12 +155,49 @@ pub async fn show(
     }))
 }
 
+/// The job-list filter as query parameters (`GET /v1/jobs`, `GET /v1/jobs/count`) or as a
+/// bulk action's body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterParams {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub bu_id: Option<String>,
+    pub connector: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+impl FilterParams {
+    pub fn parse(self) -> Result<ListFilter, ApiError> {
+        let state = self
+            .state
+            .as_deref()
+            .map(str::parse::<JobState>)
+            .transpose()
+            .map_err(ApiError::bad_request)?;
+        Ok(ListFilter {
+            state,
+            kind: self.kind,
+            bu_id: self.bu_id,
+            connector: self.connector,
+            created_after: self.created_after,
+            created_before: self.created_before,
+        })
+    }
+}
+
+/// `GET /v1/jobs`: the filter, spelled out (serde's `flatten` turns query numbers into
+/// strings and defeats `deny_unknown_fields`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     state: Option<String>,
     kind: Option<String>,
     bu_id: Option<String>,
+    connector: Option<String>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
     limit: Option<i64>,
     cursor: Option<String>,
 }
@@ -188,17 +226,15 @@ pub async fn list(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job_state = q
-        .state
-        .as_deref()
-        .map(str::parse::<JobState>)
-        .transpose()
-        .map_err(ApiError::bad_request)?;
-    let filter = ListFilter {
-        state: job_state,
+    let filter = FilterParams {
+        state: q.state,
         kind: q.kind,
         bu_id: q.bu_id,
-    };
+        connector: q.connector,
+        created_after: q.created_after,
+        created_before: q.created_before,
+    }
+    .parse()?;
     let page = state
         .jobs
         .list(
@@ -221,6 +257,19 @@ pub async fn cancel(
     Ok(axum::Json(
         json!({"job_id": id, "state": "cancelled", "previous_state": previous}),
     ))
+}
+
+/// The job, when it is an ETL job; else 409 `not_an_etl_job` saying it has no `what`.
+pub(super) async fn etl_job(state: &AppState, id: i64, what: &str) -> Result<Job, ApiError> {
+    let job = state.jobs.get(id).await?;
+    if job.kind != ETL_KIND {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_an_etl_job",
+            format!("job {id} is a {} job; only etl jobs have {what}", job.kind),
+        ));
+    }
+    Ok(job)
 }
 
 pub const MAX_REJECTED_PAGE: usize = 1000;
@@ -247,17 +296,7 @@ pub async fn rejected(
             "limit: between 1 and {MAX_REJECTED_PAGE}"
         )));
     }
-    let job = state.jobs.get(id).await?;
-    if job.kind != ETL_KIND {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_an_etl_job",
-            format!(
-                "job {id} is a {} job; only etl jobs have rejected rows",
-                job.kind
-            ),
-        ));
-    }
+    etl_job(&state, id, "rejected rows").await?;
     let (rows, total) =
         match crate::etl::artifact::rejected_page(&state.etl.blobs, id, q.offset, limit).await {
             Ok(page) => page,

@@ -1,6 +1,6 @@
 //! This process's mode (`/v1/lifecycle`) and the fleet's (`/v1/fleet`).
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
@@ -56,5 +56,49 @@ pub async fn fleet_resume(State(state): State<AppState>) -> Result<impl IntoResp
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(command(&state, Command::Resume).await?),
+    ))
+}
+
+/// A worker id in the path: printable, at most 255 bytes.
+fn worker_id(raw: &str) -> Result<&str, ApiError> {
+    if raw.is_empty() || raw.len() > 255 || raw.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid worker id: 1 to 255 printable characters",
+        ));
+    }
+    Ok(raw)
+}
+
+async fn command_one(state: &AppState, id: &str, command: Command) -> Result<Value, ApiError> {
+    let ttl = state.settings.worker.worker_ttl();
+    let id = worker_id(id)?;
+    if !state.fleet.command_one(id, command, ttl).await? {
+        return Err(ApiError::not_found(format!(
+            "no live worker {:?} (see GET /v1/fleet)",
+            id.escape_debug().to_string()
+        )));
+    }
+    Ok(json!({"worker_id": id, "command": command.as_str()}))
+}
+
+/// `POST /v1/fleet/workers/{id}/drain`: one process of the fleet, by its worker id.
+pub async fn worker_drain(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(command_one(&state, &id, Command::Drain).await?),
+    ))
+}
+
+/// `POST /v1/fleet/workers/{id}/resume`.
+pub async fn worker_resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(command_one(&state, &id, Command::Resume).await?),
     ))
 }

@@ -5,14 +5,17 @@
 //! turns rejections into JSON errors (`error.rs`); `auth.rs` checks bearer tokens.
 
 mod auth;
+mod console;
 mod datasets;
 mod dead_letters;
 mod error;
 mod extractors;
 mod health;
+mod job_actions;
 mod jobs;
 mod lifecycle;
 pub mod server;
+mod stats;
 mod uploads;
 
 use std::sync::Arc;
@@ -70,13 +73,22 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/lifecycle/resume", post(lifecycle::resume))
         .route("/fleet", get(lifecycle::fleet))
         .route("/fleet/drain", post(lifecycle::fleet_drain))
-        .route("/fleet/resume", post(lifecycle::fleet_resume));
+        .route("/fleet/resume", post(lifecycle::fleet_resume))
+        .route("/fleet/workers/{id}/drain", post(lifecycle::worker_drain))
+        .route("/fleet/workers/{id}/resume", post(lifecycle::worker_resume));
     if surface == Surface::Full {
         v1 = v1
             .route("/jobs", post(jobs::create).get(jobs::list))
             .route("/jobs/{id}", get(jobs::show))
             .route("/jobs/{id}/cancel", post(jobs::cancel))
             .route("/jobs/{id}/rejected", get(jobs::rejected))
+            .route("/jobs/{id}/retry", post(dead_letters::retry_one))
+            .route("/jobs/{id}/artifacts/{name}", get(job_actions::artifact))
+            .route("/jobs/count", get(job_actions::count))
+            .route("/jobs/cancel", post(job_actions::cancel_matching))
+            .route("/jobs/retry", post(job_actions::retry_matching))
+            .route("/stats", get(stats::stats))
+            .route("/connectors", get(stats::connectors))
             .route("/dead-letters", get(dead_letters::list))
             .route("/dead-letters/retry", post(dead_letters::retry_bulk))
             .route("/dead-letters/{id}/retry", post(dead_letters::retry_one))
@@ -90,6 +102,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
+        .merge(console::routes(surface))
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

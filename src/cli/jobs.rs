@@ -194,7 +194,12 @@ pub async fn jobs(settings: &Settings, action: JobsCmd, json: bool) -> anyhow::R
         } => {
             let page = store
                 .list(
-                    &ListFilter { state, kind, bu_id },
+                    &ListFilter {
+                        state,
+                        kind,
+                        bu_id,
+                        ..ListFilter::default()
+                    },
                     cursor,
                     limit.clamp(1, 500),
                 )

@@ -239,6 +239,7 @@ pub struct MaintenanceSettings {
     pub succeeded_retention_hours: u64,
     pub dead_retention_hours: u64,
     pub worker_retention_hours: u64,
+    pub stats_rollup_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

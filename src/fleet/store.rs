@@ -101,15 +101,37 @@ impl FleetStore {
     /// Addresses `command` to every live worker and wakes them; returns how many were
     /// addressed.
     pub async fn command(&self, command: Command, ttl: Duration) -> Result<u64, FleetError> {
+        self.command_where(command, ttl, None).await
+    }
+
+    /// Addresses `command` to one live worker and wakes it; false when no live worker has
+    /// that id.
+    pub async fn command_one(
+        &self,
+        id: &str,
+        command: Command,
+        ttl: Duration,
+    ) -> Result<bool, FleetError> {
+        Ok(self.command_where(command, ttl, Some(id)).await? == 1)
+    }
+
+    async fn command_where(
+        &self,
+        command: Command,
+        ttl: Duration,
+        id: Option<&str>,
+    ) -> Result<u64, FleetError> {
         let mut tx = self.main.begin().await?;
         let n = sqlx::query(
             r#"
             UPDATE workers SET command = $1, command_seq = command_seq + 1
             WHERE stopped_at IS NULL AND heartbeat_at > now() - make_interval(secs => $2)
+              AND ($3::text IS NULL OR id = $3)
             "#,
         )
         .bind(command.as_str())
         .bind(ttl.as_secs_f64())
+        .bind(id)
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -5,8 +5,10 @@
 
 mod job_cleaner;
 mod rescuer;
+mod stats_rollup;
 mod superseded;
 
 pub use job_cleaner::{JobCleaner, JobCleanerConfig};
 pub use rescuer::{Rescuer, RescuerConfig};
+pub use stats_rollup::{StatsRollup, StatsRollupConfig};
 pub use superseded::{SupersededCleaner, SupersededCleanerConfig};

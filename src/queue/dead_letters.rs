@@ -78,7 +78,7 @@ const RETRY_SQL: &str = r#"
         UPDATE dead_letters d SET retried_at = now()
         FROM jobs j
         WHERE d.job_id = j.id AND j.state = 'dead' AND d.retried_at IS NULL
-          AND ($1::int8 IS NULL OR d.job_id = $1)
+          AND ($1::int8[] IS NULL OR d.job_id = ANY($1))
           AND ($2::text IS NULL OR d.kind = $2)
           AND ($3::text IS NULL OR d.bu_id = $3)
           AND ($4::text IS NULL OR d.connector = $4)
@@ -141,6 +141,33 @@ impl JobStore {
         Ok(Page::from_rows(rows, limit, |r| r.dead_letter_id))
     }
 
+    /// How many dead letters the filter matches (what a bulk retry of it would retry when
+    /// `include_retried` is false).
+    pub async fn dead_letter_count(
+        &self,
+        filter: &DeadLetterFilter,
+        include_retried: bool,
+    ) -> Result<i64, QueueError> {
+        filter.check()?;
+        Ok(sqlx::query_scalar(
+            r#"
+            SELECT count(*) FROM dead_letters d JOIN jobs j ON j.id = d.job_id
+            WHERE ($1 OR (d.retried_at IS NULL AND j.state = 'dead'))
+              AND ($2::text IS NULL OR d.kind = $2)
+              AND ($3::text IS NULL OR d.bu_id = $3)
+              AND ($4::text IS NULL OR d.connector = $4)
+              AND ($5::timestamptz IS NULL OR d.dead_at >= $5)
+            "#,
+        )
+        .bind(include_retried)
+        .bind(filter.kind.as_deref())
+        .bind(filter.bu_id.as_deref())
+        .bind(filter.connector.as_deref())
+        .bind(filter.since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Re-enqueues one dead job (by job id); an exhausted job gets one more attempt.
     pub async fn retry_dead(
         &self,
@@ -148,9 +175,7 @@ impl JobStore {
         from: RetryFrom,
         actor: &Actor,
     ) -> Result<(), QueueError> {
-        let ids = self
-            .retry_dead_where(Some(job_id), &DeadLetterFilter::default(), from, actor)
-            .await?;
+        let ids = self.retry_dead_ids(&[job_id], from, actor).await?;
         if ids.is_empty() {
             let job = self.get(job_id).await?;
             return Err(QueueError::Conflict(format!(
@@ -171,16 +196,27 @@ impl JobStore {
         self.retry_dead_where(None, filter, from, actor).await
     }
 
+    /// Re-enqueues those of `ids` that are dead; returns the ones it did.
+    pub(super) async fn retry_dead_ids(
+        &self,
+        ids: &[i64],
+        from: RetryFrom,
+        actor: &Actor,
+    ) -> Result<Vec<i64>, QueueError> {
+        self.retry_dead_where(Some(ids), &DeadLetterFilter::default(), from, actor)
+            .await
+    }
+
     async fn retry_dead_where(
         &self,
-        job_id: Option<i64>,
+        job_ids: Option<&[i64]>,
         filter: &DeadLetterFilter,
         from: RetryFrom,
         actor: &Actor,
     ) -> Result<Vec<i64>, QueueError> {
         filter.check()?;
         Ok(sqlx::query_scalar(RETRY_SQL)
-            .bind(job_id)
+            .bind(job_ids)
             .bind(filter.kind.as_deref())
             .bind(filter.bu_id.as_deref())
             .bind(filter.connector.as_deref())

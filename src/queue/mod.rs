@@ -3,14 +3,18 @@
 
 mod backoff;
 mod dead_letters;
+mod filter;
 mod listen;
+mod stats;
 mod store;
 mod types;
 
 pub use backoff::Backoff;
 pub use dead_letters::{DeadLetter, DeadLetterFilter, RetryFrom};
+pub use filter::{FilterCount, ListFilter};
 pub use listen::{Listener, Notification};
-pub use store::{JobStore, ListFilter, Page};
+pub use stats::{FailureRow, MinuteBucket, StateKindCount, Stats};
+pub use store::{JobStore, Page};
 pub use types::*;
 
 /// Channel notified when jobs become claimable.

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use super::filter::{ListFilter, bind_filter, filter_sql};
 use super::{
     Actor, CANCEL_CHANNEL, ClaimedJob, Enqueued, Job, JobEvent, JobState, NewJob, QueueError,
     RescueRules, Rescued, Transition, TransitionEvent,
@@ -21,13 +22,6 @@ pub struct JobStore {
     /// Lease renewals run here, never queued behind job traffic on `pool`.
     control: PgPool,
     default_max_attempts: i32,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub state: Option<JobState>,
-    pub kind: Option<String>,
-    pub bu_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -684,33 +678,17 @@ impl JobStore {
         cursor: Option<i64>,
         limit: i64,
     ) -> Result<Page<Job>, QueueError> {
-        for (name, v) in [("kind", &filter.kind), ("bu_id", &filter.bu_id)] {
-            if v.as_deref()
-                .is_some_and(|v| v.contains('\0') || v.len() > 255)
-            {
-                return Err(QueueError::Invalid(format!(
-                    "{name} must be at most 255 characters without NUL"
-                )));
-            }
-        }
-        let jobs = sqlx::query_as::<_, Job>(
-            r#"
-            SELECT * FROM jobs
-            WHERE ($1::text IS NULL OR state = $1)
-              AND ($2::text IS NULL OR kind = $2)
-              AND ($3::text IS NULL OR (payload ? 'bu_id' AND payload ->> 'bu_id' = $3))
-              AND ($4::int8 IS NULL OR id < $4)
-            ORDER BY id DESC
-            LIMIT $5
-            "#,
-        )
-        .bind(filter.state.map(JobState::as_str))
-        .bind(filter.kind.as_deref())
-        .bind(filter.bu_id.as_deref())
-        .bind(cursor)
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        filter.check()?;
+        let sql = concat!(
+            "SELECT * FROM jobs WHERE ",
+            filter_sql!(),
+            " AND ($7::int8 IS NULL OR id < $7) ORDER BY id DESC LIMIT $8"
+        );
+        let jobs = bind_filter!(sqlx::query_as::<_, Job>(sql), filter)
+            .bind(cursor)
+            .bind(limit + 1)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(Page::from_rows(jobs, limit, |j| j.id))
     }
 

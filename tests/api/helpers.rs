@@ -335,6 +335,15 @@ pub fn spawn_process(role: &str, env: &[(String, String)]) -> Proc {
     Proc { child, base }
 }
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

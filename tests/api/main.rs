@@ -1,7 +1,9 @@
 //! The one integration-test binary: every test gets its own PostgreSQL database.
 
 mod bounds;
+mod browser;
 mod cli;
+mod console;
 mod cosmos;
 mod etl;
 mod etl_process;

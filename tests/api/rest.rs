@@ -279,3 +279,196 @@ async fn job_detail_shows_stages_checkpoint_and_history_and_idempotency_over_res
     assert!(doc["paths"]["/v1/jobs"].is_object());
     app.stop().await;
 }
+
+/// The REST the console stands on: list filters, counts and bulk actions over one filter,
+/// retry of one job, per-process drain and resume, stats, connectors, artifacts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_rest_counts_and_acts_on_what_a_filter_matches() {
+    let app = spawn_app().await;
+    let store = app.store();
+    let me = app.app.as_ref().unwrap().state.identity.id.clone();
+
+    // A dead job, while the worker runs.
+    let dead = app
+        .enqueue(
+            "test",
+            json!({"record": false, "fail": {"first": {"fatal": true}}}),
+        )
+        .await;
+    require_state(
+        &store,
+        dead,
+        JobState::Dead,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let (s, b) = app
+        .post(&format!("/v1/jobs/{dead}/retry?from=sideways"), json!({}))
+        .await;
+    assert_eq!((s, code(&b)), (400, "bad_request"), "{b}");
+
+    // Drain this process through the fleet endpoint addressed to it; an unknown id is a 404.
+    let (s, b) = app
+        .post("/v1/fleet/workers/nobody-1-abc/drain", json!({}))
+        .await;
+    assert_eq!((s, code(&b)), (404, "not_found"), "{b}");
+    let (s, b) = app
+        .post(&format!("/v1/fleet/workers/{me}/drain"), json!({}))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    wait_for(std::time::Duration::from_secs(10), "the drain", || async {
+        (app.lifecycle().mode() == etlq::lifecycle::Mode::SafeToStop).then_some(())
+    })
+    .await;
+
+    let before = chrono::Utc::now();
+    let mut a = Vec::new();
+    for i in 0..3 {
+        a.push(
+            app.enqueue(
+                "noop",
+                json!({"bu_id": "BU-1", "connector": format!("c{}", i % 2)}),
+            )
+            .await,
+        );
+    }
+    let b_job = app
+        .enqueue("noop", json!({"bu_id": "BU-2", "connector": "c0"}))
+        .await;
+
+    // Filters: connector, bu_id, created range, state; count agrees with the list.
+    let ids = |v: &Value| -> Vec<i64> {
+        v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (s, v) = app.get("/v1/jobs?kind=noop&connector=c0").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(ids(&v), vec![b_job, a[2], a[0]]);
+    let after = urlencode(&before.to_rfc3339());
+    let (_, v) = app
+        .get(&format!("/v1/jobs?created_after={after}&bu_id=BU-1"))
+        .await;
+    assert_eq!(ids(&v), vec![a[2], a[1], a[0]]);
+    let (_, v) = app.get(&format!("/v1/jobs?created_before={after}")).await;
+    assert_eq!(ids(&v), vec![dead]);
+    let (s, v) = app.get("/v1/jobs/count?kind=noop&bu_id=BU-1").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v, json!({"matched": 3, "cancellable": 3, "retryable": 0}));
+    let (_, v) = app.get("/v1/jobs/count?state=dead").await;
+    assert_eq!(v, json!({"matched": 1, "cancellable": 0, "retryable": 1}));
+    let (s, v) = app.get("/v1/jobs/count?created_after=yesterday").await;
+    assert_eq!((s, code(&v)), (400, "bad_request"), "{v}");
+
+    // Bulk cancel: refuses an empty filter, cancels exactly what the count said.
+    let (s, v) = app.post("/v1/jobs/cancel", json!({})).await;
+    assert_eq!((s, code(&v)), (422, "unprocessable"), "{v}");
+    let (s, v) = app
+        .post("/v1/jobs/cancel", json!({"kind": "noop", "bu_id": "BU-1"}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["cancelled"], 3);
+    for id in &a {
+        assert_eq!(store.get(*id).await.unwrap().state, JobState::Cancelled);
+    }
+    assert_eq!(store.get(b_job).await.unwrap().state, JobState::Queued);
+
+    // Bulk retry of dead jobs, and retry of one job that is not dead.
+    let (s, v) = app
+        .post("/v1/jobs/retry", json!({"state": "dead", "from": "start"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["job_ids"], json!([dead]));
+    assert_eq!(store.get(dead).await.unwrap().state, JobState::Queued);
+    let (s, v) = app
+        .post(&format!("/v1/jobs/{b_job}/retry"), json!({}))
+        .await;
+    assert_eq!((s, code(&v)), (409, "conflict"), "{v}");
+
+    // Stats: counts by state and kind, sixty minutes with today's arrivals and depth.
+    let (s, v) = app.get("/v1/stats").await;
+    assert_eq!(s, 200, "{v}");
+    let count = |state: &str, kind: &str| {
+        v["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["state"] == state && c["kind"] == kind)
+            .map(|c| c["count"].as_i64().unwrap())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("cancelled", "noop"), 3);
+    assert_eq!(count("queued", "noop"), 1);
+    assert_eq!(count("queued", "test"), 1);
+    assert_eq!(v["depth"], 2);
+    let hour = v["last_hour"].as_array().unwrap();
+    assert_eq!(hour.len(), 60);
+    let total = |k: &str| hour.iter().map(|m| m[k].as_i64().unwrap()).sum::<i64>();
+    // Arrivals: five enqueued and one retried; one stage failure that killed the job.
+    assert_eq!(total("arrived"), 6, "{v}");
+    assert_eq!((total("failed"), total("dead")), (1, 1), "{v}");
+    assert_eq!(hour[59]["depth"], 2);
+    assert_eq!(v["recent_failures"][0]["job_id"], dead);
+    // Rolled up (every minute up to the next one settled), the hour reads the same.
+    let now = chrono::Utc::now();
+    let added = store
+        .roll_up_minutes(
+            now - chrono::Duration::minutes(61),
+            now + chrono::Duration::minutes(1),
+        )
+        .await
+        .unwrap();
+    // The app's own rollup service has done the settled minutes already.
+    assert!(added >= 1, "{added}");
+    let (_, rolled) = app.get("/v1/stats").await;
+    assert_eq!(rolled["last_hour"], v["last_hour"]);
+    assert_eq!(
+        store
+            .roll_up_minutes(now - chrono::Duration::minutes(61), now)
+            .await
+            .unwrap(),
+        0,
+        "a second pass adds nothing"
+    );
+
+    // Resume, and the queued jobs run.
+    let (s, _) = app
+        .post(&format!("/v1/fleet/workers/{me}/resume"), json!({}))
+        .await;
+    assert_eq!(s, 202);
+    require_state(
+        &store,
+        b_job,
+        JobState::Succeeded,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+
+    // Connectors and artifacts.
+    let (_, v) = app.get("/v1/connectors").await;
+    let names: Vec<&str> = v["connectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sap_fbl3n", "trial_balance"]);
+    assert!(!v["connectors"][0]["columns"].as_array().unwrap().is_empty());
+    let (s, v) = app
+        .get(&format!("/v1/jobs/{b_job}/artifacts/records.ndjson"))
+        .await;
+    assert_eq!((s, code(&v)), (409, "not_an_etl_job"), "{v}");
+    let (s, v) = app
+        .get(&format!("/v1/jobs/{b_job}/artifacts/..%2Fsecret"))
+        .await;
+    assert_eq!((s, code(&v)), (404, "not_found"), "{v}");
+
+    app.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}

@@ -1,0 +1,333 @@
+//! The operator console in a real headless Chromium (issue 10): upload through the form and
+//! watch the job land, its timeline and rejected rows, escaping of a hostile file name, a
+//! token-less action refused, filters kept in the URL across a reload, bulk cancel with a
+//! count confirmation, a dead letter retried from its page, and the process drained and
+//! resumed from the overview by keyboard. Screenshots: target/tmp/console-screenshots/.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::browser::Browser;
+use crate::etl::{JOB_TIMEOUT, sample_file, upload};
+use crate::helpers::{TestApp, TestDb, require_state, spawn_app_on, wait_for};
+use crate::samples;
+use etlq::lifecycle::Mode;
+use etlq::queue::JobState;
+use etlq::startup::Role;
+
+const TOKEN: &str = "console-test-token-0123456789";
+const XSS_NAME: &str = "<script>alert(1)</script>.xlsx";
+
+async fn console_app() -> TestApp {
+    spawn_app_on(Arc::new(TestDb::new().await), Role::Serve, |s| {
+        s.api.tokens.insert("ops".into(), TOKEN.into());
+    })
+    .await
+}
+
+async fn use_token(b: &Browser) {
+    b.type_into("#token", TOKEN).await;
+    b.click("#token-save").await;
+    b.wait_text("#token-state", |t| t.contains("token set"))
+        .await;
+}
+
+async fn assert_accessible(b: &Browser, page: &str) {
+    let bad = b.unlabelled_or_untabbable().await;
+    assert!(bad.is_empty(), "{page}: {bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_escapes_names() {
+    let app = console_app().await;
+    let base = app.url("");
+    let mut b = Browser::start("upload_detail_escaping").await;
+
+    // A job whose file name is markup, uploaded over REST.
+    let client = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let (status, body) = upload(
+        &client,
+        &base,
+        sample_file("trial_balance.xlsx"),
+        XSS_NAME,
+        &[("bu_id", "BU-2000"), ("connector", "trial_balance")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let xss_job = body["job_id"].as_i64().unwrap();
+
+    // The page is served with its assets under a content hash and a strict CSP.
+    let r = reqwest::get(format!("{base}/")).await.unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    let html = r.text().await.unwrap();
+    let script = html
+        .split("src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        script.starts_with("/console/") && script.ends_with("/app.js"),
+        "{script}"
+    );
+    let r = reqwest::get(format!("{base}{script}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+    let stale = reqwest::get(format!("{base}/console/0000000000000000/app.js"))
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 404);
+
+    // Overview.
+    b.goto(&format!("{base}/")).await;
+    b.wait_find("#counts").await;
+    b.wait_find("svg.chart").await;
+    assert_accessible(&b, "overview").await;
+    b.shot("overview").await;
+
+    // Upload without a token: refused, and the page says what to do.
+    let sample = format!("{}/samples/sap_fbl3n.xlsx", env!("CARGO_MANIFEST_DIR"));
+    b.goto(&format!("{base}/#/upload")).await;
+    b.wait_find("#u-connector option[value=sap_fbl3n]").await;
+    assert_accessible(&b, "upload").await;
+    for id in ["u-file", "u-bu", "u-connector", "u-submit"] {
+        b.tab_to(id).await;
+    }
+    b.find("#u-file").await.send_keys(&sample).await.unwrap();
+    b.type_into("#u-bu", "BU-1000").await;
+    b.js("const s = document.getElementById('u-connector'); s.value = 'sap_fbl3n';")
+        .await;
+    b.click("#u-submit").await;
+    b.wait_text("#upload-said", |t| t.contains("needs an API token"))
+        .await;
+
+    // With the token: the job is followed until it has succeeded.
+    use_token(&b).await;
+    b.click("#u-submit").await;
+    b.wait_text("#upload-state", |t| t == "succeeded").await;
+    let gl_job: i64 = b
+        .js("return document.querySelector('#upload-job a').dataset.job;")
+        .await
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    b.shot("upload").await;
+
+    // Its page: timeline with a bar per stage, the report, the rejected rows, downloads.
+    b.click("#upload-job a").await;
+    b.wait_find("#timeline").await;
+    let completed = b
+        .wait_js(
+            "four stages in the timeline",
+            "const n = document.querySelectorAll('#timeline tr[data-event=stage_completed]').length; return n === 4 ? n : null;",
+        )
+        .await;
+    assert_eq!(completed, json!(4));
+    let segments = b
+        .js("return [...document.querySelectorAll('#stage-bar .seg')].map(s => s.textContent);")
+        .await;
+    assert_eq!(segments, json!(["extract", "sync", "verify", "promote"]));
+    let gl = samples::gl_export(120, 2);
+    assert_eq!(
+        b.text("[data-report=records]").await,
+        gl.lines.len().to_string()
+    );
+    b.wait_text("#rejected-count", |t| t.contains("of 2")).await;
+    let rejected = b
+        .js("return [...document.querySelectorAll('#rejected tbody tr')].map(r => [...r.cells].map(c => c.textContent));")
+        .await;
+    let rejected = rejected.as_array().unwrap();
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    for row in rejected {
+        assert!(!row[0].as_str().unwrap().is_empty(), "sheet: {row}");
+        assert!(
+            row[1].as_str().unwrap().parse::<u32>().is_ok(),
+            "row: {row}"
+        );
+        assert!(!row[4].as_str().unwrap().is_empty(), "reason: {row}");
+    }
+    let href = b
+        .find("#rej-download")
+        .await
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(href, format!("/v1/jobs/{gl_job}/artifacts/rejected.ndjson"));
+    let download = reqwest::get(format!("{base}{href}")).await.unwrap();
+    assert_eq!(download.status(), 200);
+    assert!(
+        download.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    assert_eq!(download.text().await.unwrap().lines().count(), 2);
+    assert_accessible(&b, "job detail").await;
+    b.shot("job-detail").await;
+
+    // The hostile file name is shown as text, never run or parsed.
+    b.goto(&format!("{base}/#/jobs")).await;
+    let cell = format!("tr[data-job-row='{xss_job}'] td.file-name");
+    b.wait_text(&cell, |t| t == XSS_NAME).await;
+    let scripts = b
+        .js("return document.querySelectorAll('script').length;")
+        .await;
+    assert_eq!(
+        scripts,
+        json!(1),
+        "only the console's own script is in the page"
+    );
+    assert!(
+        b.client.get_alert_text().await.is_err(),
+        "an alert is open: the file name ran"
+    );
+    assert_accessible(&b, "jobs").await;
+    b.shot("jobs").await;
+    b.goto(&format!("{base}/#/jobs/{xss_job}")).await;
+    b.wait_text("[data-fact=file]", |t| t == XSS_NAME).await;
+    assert_eq!(b.text("[data-fact=bu_id]").await, "BU-2000");
+    assert!(b.client.get_alert_text().await.is_err());
+
+    // Datasets: the promoted version of the upload, with its job.
+    crate::etl::wait_done(&app.client, &base, xss_job).await;
+    b.goto(&format!("{base}/#/datasets")).await;
+    let ds = b.wait_find("[data-dataset='BU-1000/sap_fbl3n']").await;
+    let text = ds.text().await.unwrap();
+    assert!(text.contains(&format!("#{gl_job}")), "{text}");
+    assert!(text.contains(&gl.lines.len().to_string()), "{text}");
+    b.wait_text("#cache-counter", |t| t.parse::<i64>().is_ok_and(|n| n >= 1))
+        .await;
+    assert_accessible(&b, "datasets").await;
+    b.shot("datasets").await;
+
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_drains_and_resumes_by_keyboard_keeps_filters_in_the_url_and_retries_dead_letters()
+{
+    let app = console_app().await;
+    let base = app.url("");
+    let store = app.store();
+    let me = app.app.as_ref().unwrap().state.identity.id.clone();
+    let mut b = Browser::start("fleet_filters_dead_letters").await;
+    b.goto(&format!("{base}/")).await;
+    use_token(&b).await;
+
+    // Drain this process from the overview, by keyboard only.
+    let drain = format!("drain-{me}");
+    b.wait_find(&format!("tr[data-worker='{me}']")).await;
+    b.tab_to(&drain).await;
+    b.press_enter().await;
+    wait_for(Duration::from_secs(10), "the process to drain", || async {
+        (app.lifecycle().mode() == Mode::SafeToStop).then_some(())
+    })
+    .await;
+    b.wait_text(&format!("tr[data-worker='{me}'] td.mode"), |t| {
+        t == "SafeToStop"
+    })
+    .await;
+    b.shot("overview-drained").await;
+
+    // Drained, nothing is picked up: three queued jobs to filter and cancel.
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(app.enqueue("test", json!({"record": false})).await);
+    }
+    let other = app.enqueue("noop", json!({})).await;
+    b.goto(&format!("{base}/#/jobs")).await;
+    b.wait_find("#f-state").await;
+    b.js("document.getElementById('f-state').value = 'queued';")
+        .await;
+    b.type_into("#f-kind", "test").await;
+    b.click("#f-apply").await;
+    b.wait_js(
+        "the filter in the URL",
+        "return location.hash.includes('state=queued') && location.hash.includes('kind=test');",
+    )
+    .await;
+    let url = b.client.current_url().await.unwrap();
+    b.client.refresh().await.unwrap();
+    b.wait_find("#jobs").await;
+    assert_eq!(b.client.current_url().await.unwrap(), url);
+    let (state, kind): (Value, Value) = (
+        b.js("return document.getElementById('f-state').value;")
+            .await,
+        b.js("return document.getElementById('f-kind').value;")
+            .await,
+    );
+    assert_eq!((state, kind), (json!("queued"), json!("test")));
+    let ids = b
+        .wait_js(
+            "three filtered rows",
+            "const r = [...document.querySelectorAll('#jobs tr[data-job-row]')].map(r => +r.dataset.jobRow); return r.length === 3 ? r : null;",
+        )
+        .await;
+    let mut want = queued.clone();
+    want.reverse();
+    assert_eq!(ids, json!(want));
+    b.shot("jobs-filtered").await;
+
+    // Bulk cancel says how many before it acts.
+    b.click("#bulk-cancel").await;
+    let question = b.wait_text("#bulk-question", |t| !t.is_empty()).await;
+    assert!(question.starts_with("Cancel 3 "), "{question}");
+    b.shot("jobs-confirm").await;
+    b.click("#bulk-yes").await;
+    for id in &queued {
+        require_state(&store, *id, JobState::Cancelled, Duration::from_secs(10)).await;
+    }
+    assert_eq!(store.get(other).await.unwrap().state, JobState::Queued);
+
+    // Resume from the overview.
+    b.goto(&format!("{base}/")).await;
+    b.click(&format!("#resume-{me}")).await;
+    wait_for(Duration::from_secs(10), "the process to resume", || async {
+        (app.lifecycle().mode() == Mode::Normal).then_some(())
+    })
+    .await;
+    require_state(&store, other, JobState::Succeeded, JOB_TIMEOUT).await;
+
+    // A dead job, retried from the dead-letter page: it then succeeds.
+    let dead = app
+        .enqueue(
+            "test",
+            json!({"record": false, "fail": {"second": {"times": 1, "fatal": true}}}),
+        )
+        .await;
+    require_state(&store, dead, JobState::Dead, JOB_TIMEOUT).await;
+    b.goto(&format!("{base}/#/dead-letters")).await;
+    let row = b.wait_find(&format!("tr[data-dead-job='{dead}']")).await;
+    assert!(row.text().await.unwrap().contains("second"));
+    assert_accessible(&b, "dead letters").await;
+    b.shot("dead-letters").await;
+    b.click(&format!("#retry-{dead}")).await;
+    require_state(&store, dead, JobState::Succeeded, JOB_TIMEOUT).await;
+    b.goto(&format!("{base}/#/jobs/{dead}")).await;
+    b.wait_find("#timeline tr[data-event=retried]").await;
+    b.shot("job-retried").await;
+
+    b.close().await;
+    app.stop().await;
+}
