@@ -2,7 +2,8 @@
 //! watch the job land, its timeline and rejected rows, escaping of a hostile file name, a
 //! token-less action refused, filters kept in the URL across a reload, bulk cancel with a
 //! count confirmation, a dead letter retried from its page, and the process drained and
-//! resumed from the overview by keyboard. Screenshots: target/tmp/console-screenshots/.
+//! resumed from the overview by keyboard, a running stage's progress bar and Cancel on the
+//! job's page. Screenshots: target/tmp/console-screenshots/.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,31 @@ const XSS_NAME: &str = "<script>alert(1)</script>.xlsx";
 async fn console_app() -> TestApp {
     spawn_app_on(Arc::new(TestDb::new().await), Role::Serve, |s| {
         s.api.tokens.insert("ops".into(), TOKEN.into());
+        // ETL jobs hold inside sync after their first batch (the `test` kind never syncs), so
+        // a running stage's progress can be watched and the job cancelled from its page.
+        // (The suite runs with the test aids; without them the tests only have to build.)
+        #[cfg(feature = "test-aids")]
+        {
+            s.testing.pause_stage = "sync".into();
+            s.testing.pause_in_stage_ms = 60_000;
+        }
     })
     .await
+}
+
+/// A REST client that sends the console's token.
+fn token_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap()
 }
 
 async fn use_token(b: &Browser) {
@@ -41,24 +65,16 @@ async fn assert_accessible(b: &Browser, page: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_escapes_names() {
-    let app = console_app().await;
+    let app = spawn_app_on(Arc::new(TestDb::new().await), Role::Serve, |s| {
+        s.api.tokens.insert("ops".into(), TOKEN.into());
+    })
+    .await;
     let base = app.url("");
     let mut b = Browser::start("upload_detail_escaping").await;
 
     // A job whose file name is markup, uploaded over REST.
-    let client = reqwest::Client::builder()
-        .default_headers(
-            [(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {TOKEN}").parse().unwrap(),
-            )]
-            .into_iter()
-            .collect(),
-        )
-        .build()
-        .unwrap();
     let (status, body) = upload(
-        &client,
+        &token_client(),
         &base,
         sample_file("trial_balance.xlsx"),
         XSS_NAME,
@@ -327,6 +343,37 @@ async fn console_drains_and_resumes_by_keyboard_keeps_filters_in_the_url_and_ret
     b.goto(&format!("{base}/#/jobs/{dead}")).await;
     b.wait_find("#timeline tr[data-event=retried]").await;
     b.shot("job-retried").await;
+
+    // A running stage's progress bar, then Cancel on the job's page stops it.
+    let tb = samples::trial_balance(40);
+    let running = crate::etl::upload_ok(
+        &token_client(),
+        &base,
+        sample_file("trial_balance.xlsx"),
+        "BU-3000",
+        "trial_balance",
+    )
+    .await;
+    b.goto(&format!("{base}/#/jobs/{running}")).await;
+    let max = b
+        .wait_js(
+            "the sync progress bar",
+            "const p = document.getElementById('stage-progress'); return p && p.value > 0 ? p.max : null;",
+        )
+        .await;
+    assert_eq!(max, json!(tb.lines.len()));
+    let label = b.text("label[for=stage-progress]").await;
+    assert!(label.starts_with("sync: "), "{label}");
+    b.shot("job-running").await;
+    b.click("#job-cancel").await;
+    require_state(
+        &store,
+        running,
+        JobState::Cancelled,
+        Duration::from_secs(10),
+    )
+    .await;
+    b.wait_find("h1 .state-cancelled").await;
 
     b.close().await;
     app.stop().await;
