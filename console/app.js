@@ -536,17 +536,26 @@ async function connectors() {
 
 // ---------------------------------------------------------------- job detail
 
+const rejectedCache = { key: null, page: null };
+
 async function jobDetail(m, params) {
   const id = m[1];
   const job = await api("GET", "/v1/jobs/" + id);
   const offset = Math.max(0, parseInt(params.get("offset") || "0", 10) || 0);
   let rejected = null;
   if (job.kind === "etl" && job.checkpoint && job.checkpoint.extract) {
-    try {
-      rejected = await api("GET", `/v1/jobs/${id}/rejected?offset=${offset}&limit=50`);
-    } catch (e) {
-      rejected = { error: e.message };
+    // The artifact is written once per extract: while the page refreshes a running job, the
+    // page of rejected rows is read again only when extract's checkpoint (a re-run) changes.
+    const key = `${id}:${offset}:${JSON.stringify(job.checkpoint.extract)}`;
+    if (rejectedCache.key !== key) {
+      try {
+        rejectedCache.page = await api("GET", `/v1/jobs/${id}/rejected?offset=${offset}&limit=50`);
+        rejectedCache.key = key;
+      } catch (e) {
+        rejectedCache.page = { error: e.message };
+      }
     }
+    rejected = rejectedCache.page;
   }
   const final = ["succeeded", "dead", "cancelled"].includes(job.state);
   const actions = h("div", { class: "toolbar" });

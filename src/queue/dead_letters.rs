@@ -35,19 +35,11 @@ impl DeadLetterFilter {
     /// Refuses what PostgreSQL would (NUL characters, timestamps outside its range), naming
     /// the field.
     pub fn check(&self) -> Result<(), QueueError> {
-        for (name, v) in [
+        super::check_filter_text(&[
             ("kind", &self.kind),
             ("bu_id", &self.bu_id),
             ("connector", &self.connector),
-        ] {
-            if let Some(v) = v
-                && (v.contains('\0') || v.len() > 255)
-            {
-                return Err(QueueError::Invalid(format!(
-                    "{name} must be at most 255 characters without NUL"
-                )));
-            }
-        }
+        ])?;
         if let Some(since) = self.since {
             super::check_timestamp("since", since)?;
         }
@@ -141,8 +133,9 @@ impl JobStore {
         Ok(Page::from_rows(rows, limit, |r| r.dead_letter_id))
     }
 
-    /// How many dead letters the filter matches (what a bulk retry of it would retry when
-    /// `include_retried` is false).
+    /// How many dead letters the filter matches, with the list's predicate (an open dead
+    /// letter's job is dead until a retry closes the letter, so this is also what a bulk retry
+    /// of the filter retries).
     pub async fn dead_letter_count(
         &self,
         filter: &DeadLetterFilter,
@@ -151,12 +144,12 @@ impl JobStore {
         filter.check()?;
         Ok(sqlx::query_scalar(
             r#"
-            SELECT count(*) FROM dead_letters d JOIN jobs j ON j.id = d.job_id
-            WHERE ($1 OR (d.retried_at IS NULL AND j.state = 'dead'))
-              AND ($2::text IS NULL OR d.kind = $2)
-              AND ($3::text IS NULL OR d.bu_id = $3)
-              AND ($4::text IS NULL OR d.connector = $4)
-              AND ($5::timestamptz IS NULL OR d.dead_at >= $5)
+            SELECT count(*) FROM dead_letters
+            WHERE ($1 OR retried_at IS NULL)
+              AND ($2::text IS NULL OR kind = $2)
+              AND ($3::text IS NULL OR bu_id = $3)
+              AND ($4::text IS NULL OR connector = $4)
+              AND ($5::timestamptz IS NULL OR dead_at >= $5)
             "#,
         )
         .bind(include_retried)

@@ -23,19 +23,11 @@ impl ListFilter {
     /// Refuses what PostgreSQL would (NUL, over-long text, timestamps outside its range),
     /// naming the field.
     pub fn check(&self) -> Result<(), QueueError> {
-        for (name, v) in [
+        super::check_filter_text(&[
             ("kind", &self.kind),
             ("bu_id", &self.bu_id),
             ("connector", &self.connector),
-        ] {
-            if v.as_deref()
-                .is_some_and(|v| v.contains('\0') || v.len() > 255)
-            {
-                return Err(QueueError::Invalid(format!(
-                    "{name} must be at most 255 characters without NUL"
-                )));
-            }
-        }
+        ])?;
         for (name, t) in [
             ("created_after", self.created_after),
             ("created_before", self.created_before),

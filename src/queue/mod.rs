@@ -45,6 +45,21 @@ impl QueueError {
     }
 }
 
+/// Filter text (kind, bu_id, connector…) PostgreSQL would refuse or that no stored value can
+/// match: a NUL, or more than 255 bytes. Names the field.
+pub(crate) fn check_filter_text(fields: &[(&str, &Option<String>)]) -> Result<(), QueueError> {
+    for (name, v) in fields {
+        if v.as_deref()
+            .is_some_and(|v| v.contains('\0') || v.len() > 255)
+        {
+            return Err(QueueError::Invalid(format!(
+                "{name} must be at most 255 characters without NUL"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// PostgreSQL's `timestamptz` spans 4713 BC to 294276 AD; filters are kept to years
 /// 1900–9999 so a typo is a clear 422, not a database error.
 pub fn check_timestamp(field: &str, t: chrono::DateTime<chrono::Utc>) -> Result<(), QueueError> {

@@ -287,21 +287,25 @@ async fn upload_wait_jobs_and_exit_codes() {
     let url = p.base.as_str();
 
     // Succeeds: exit 0 and a one-line summary.
-    let (code, out, err) = etlq_env(
-        &db.url,
-        &[],
-        &[
-            "upload",
-            "samples/sap_fbl3n.xlsx",
-            "--bu-id",
-            "BU-1",
-            "--connector",
-            "sap_fbl3n",
-            "--wait",
-            "--url",
-            url,
-        ],
-    );
+    // `etlq upload FILE --wait` as a user types it, against this test's server.
+    let upload_wait = |file: &str| {
+        etlq_env(
+            &db.url,
+            &[],
+            &[
+                "upload",
+                file,
+                "--bu-id",
+                "BU-1",
+                "--connector",
+                "sap_fbl3n",
+                "--wait",
+                "--url",
+                url,
+            ],
+        )
+    };
+    let (code, out, err) = upload_wait("samples/sap_fbl3n.xlsx");
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("job 1 succeeded: 118 records, 2 rejected rows"),
@@ -338,21 +342,7 @@ async fn upload_wait_jobs_and_exit_codes() {
     );
 
     // Goes dead: exit 4 with the reason.
-    let (code, out, _) = etlq_env(
-        &db.url,
-        &[],
-        &[
-            "upload",
-            "samples/trial_balance.xlsx",
-            "--bu-id",
-            "BU-1",
-            "--connector",
-            "sap_fbl3n",
-            "--wait",
-            "--url",
-            url,
-        ],
-    );
+    let (code, out, _) = upload_wait("samples/trial_balance.xlsx");
     assert_eq!(code, 4, "{out}");
     assert!(
         out.contains("job 2 is dead: extract: sheet \"GL\" not found"),

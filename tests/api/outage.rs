@@ -116,6 +116,19 @@ impl Cluster {
         assert!(ok, "pg_ctl {action}");
     }
 
+    /// A small pool on the cluster (schema migrated: a no-op after the first time) and a job
+    /// store over it.
+    async fn connect(&self) -> (sqlx::PgPool, JobStore) {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url())
+            .await
+            .unwrap();
+        let pools = etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1));
+        pools.migrate().await.unwrap();
+        (pool, JobStore::new(&pools, 5))
+    }
+
     fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
@@ -137,14 +150,7 @@ impl Drop for Cluster {
 #[tokio::test]
 async fn workers_ride_out_a_postgres_restart_and_an_outage() {
     let cluster = Cluster::start();
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&cluster.url())
-        .await
-        .unwrap();
-    let pools = etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1));
-    pools.migrate().await.unwrap();
-    let store = JobStore::new(&pools, 5);
+    let (pool, store) = cluster.connect().await;
     let mut worker = spawn_process("worker", &process_env(&cluster.url(), "v1"));
     let batch = |n: usize| vec![NewJob::new("test", json!({"sleep_ms": 200})); n];
     let first: Vec<i64> = store
@@ -194,15 +200,7 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
     assert!(failures().await.is_some(), "and still answers");
     cluster.ctl("start");
 
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&cluster.url())
-        .await
-        .unwrap();
-    let store = JobStore::new(
-        &etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1)),
-        5,
-    );
+    let (pool, store) = cluster.connect().await;
     let second: Vec<i64> = store
         .enqueue_many(&batch(5))
         .await
@@ -232,14 +230,7 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_lease_costs_live_workers_nothing() {
     let cluster = Cluster::start();
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&cluster.url())
-        .await
-        .unwrap();
-    let pools = etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1));
-    pools.migrate().await.unwrap();
-    let store = JobStore::new(&pools, 5);
+    let (pool, store) = cluster.connect().await;
     // The worker that will die during the outage, holding one long job.
     let mut doomed = spawn_process("worker", &process_env(&cluster.url(), "doomed"));
     let orphan = store
@@ -289,15 +280,7 @@ async fn an_outage_longer_than_the_lease_costs_live_workers_nothing() {
     let restarted = chrono::Utc::now();
     let frozen_until = tokio::time::Instant::now() + Duration::from_millis(400);
 
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&cluster.url())
-        .await
-        .unwrap();
-    let store = JobStore::new(
-        &etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(1)),
-        5,
-    );
+    let (pool, store) = cluster.connect().await;
     // An eager rescuer: the first to see PostgreSQL back, rescuing every 20 ms with the rules
     // the workers use, its grace widened to 1.2 s so a loaded machine cannot make the thawed
     // survivor miss it. It must not take a live owner's job.
