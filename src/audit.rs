@@ -38,4 +38,34 @@ impl AuditLog {
         .await?;
         Ok(())
     }
+
+    /// Records many entries of one actor and action in one statement, in the caller's
+    /// transaction (a source's listing enqueues a page of jobs at once).
+    pub async fn record_many_in(
+        &self,
+        tx: &mut Tx,
+        actor: &Actor,
+        action: &str,
+        rows: &[(i64, &str, &str, Value)],
+    ) -> Result<(), sqlx::Error> {
+        let jobs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let bus: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        let connectors: Vec<&str> = rows.iter().map(|r| r.2).collect();
+        let details: Vec<String> = rows.iter().map(|r| r.3.to_string()).collect();
+        sqlx::query(
+            "INSERT INTO audit_log (actor, source, action, job_id, bu_id, connector, detail)
+             SELECT $1, $2, $3, j, b, c, d::jsonb
+               FROM unnest($4::int8[], $5::text[], $6::text[], $7::text[]) AS t(j, b, c, d)",
+        )
+        .bind(&actor.id)
+        .bind(&actor.version)
+        .bind(action)
+        .bind(&jobs)
+        .bind(&bus)
+        .bind(&connectors)
+        .bind(&details)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod sink;
+pub mod sources;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

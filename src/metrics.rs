@@ -49,6 +49,35 @@ pub struct RescueLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceTickLabels {
+    pub source: String,
+    /// schedule, manual, reconcile, resume.
+    pub trigger: String,
+    /// ok, failed.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceBlobLabels {
+    pub source: String,
+    /// listed, new, duplicate, skipped.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceEventLabels {
+    pub source: String,
+    pub event_type: String,
+    /// new, duplicate, ignored, validated.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
 fn seconds_histogram() -> Histogram {
     // 1 ms to ~9 min.
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
@@ -77,6 +106,10 @@ pub struct Metrics {
     pub dead_letters_open: Gauge,
     pub in_flight: Gauge,
     pub mode: Family<ModeLabels, Gauge>,
+    source_ticks: Family<SourceTickLabels, Counter>,
+    source_blobs: Family<SourceBlobLabels, Counter>,
+    source_events: Family<SourceEventLabels, Counter>,
+    source_lag: Family<SourceLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -101,6 +134,10 @@ impl Default for Metrics {
             dead_letters_open: Gauge::default(),
             in_flight: Gauge::default(),
             mode: Family::default(),
+            source_ticks: Family::default(),
+            source_blobs: Family::default(),
+            source_events: Family::default(),
+            source_lag: Family::new_with_constructor(seconds_histogram),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -194,6 +231,26 @@ impl Default for Metrics {
             "This process's mode (1 for the current one)",
             m.mode.clone(),
         );
+        r.register(
+            "source_ticks",
+            "Source listings this process ran, by source, trigger and outcome",
+            m.source_ticks.clone(),
+        );
+        r.register(
+            "source_blobs",
+            "Blobs this process's source listings saw, by source and outcome",
+            m.source_blobs.clone(),
+        );
+        r.register(
+            "source_events",
+            "Event Grid events this process received, by source, type and outcome",
+            m.source_events.clone(),
+        );
+        r.register(
+            "source_lag_seconds",
+            "From a blob's last modification to its job's enqueue, by source",
+            m.source_lag.clone(),
+        );
         // Both outcomes exist from the start, so `rate()` sees a 0 before the first rescue.
         for outcome in ["requeued", "dead"] {
             drop(m.rescued.get_or_create(&RescueLabels {
@@ -244,6 +301,52 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+    }
+
+    pub fn source_tick(&self, source: &str, trigger: &str, outcome: &str) {
+        self.source_ticks
+            .get_or_create(&SourceTickLabels {
+                source: source.into(),
+                trigger: trigger.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn source_blobs(&self, source: &str, c: &crate::sources::RunCounts) {
+        for (outcome, n) in [
+            ("listed", c.listed),
+            ("new", c.new),
+            ("duplicate", c.duplicate),
+            ("skipped", c.skipped),
+        ] {
+            self.source_blobs
+                .get_or_create(&SourceBlobLabels {
+                    source: source.into(),
+                    outcome: outcome.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn source_event(&self, source: &str, event_type: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            self.source_events
+                .get_or_create(&SourceEventLabels {
+                    source: source.into(),
+                    event_type: event_type.into(),
+                    outcome: outcome.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn source_lag(&self, source: &str, seconds: f64) {
+        self.source_lag
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+            })
+            .observe(seconds);
     }
 
     /// The text exposition format.

@@ -34,6 +34,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Registry, noop_kind};
 use crate::queue::JobStore;
 use crate::sink::{DocumentSink, PgSink};
+use crate::sources::ingest::Ingest;
+use crate::sources::{SourceSet, SourceStore, Watcher, WatcherConfig};
 use crate::storage::BlobStore;
 use crate::worker::{Signals, Worker, WorkerParts};
 
@@ -190,6 +192,15 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let identity = Arc::new(WorkerInfo::for_this_process(&settings, role.as_str()));
         let cleanup = TaskTracker::new();
+        let source_set = SourceSet {
+            sources: Arc::new(settings.sources()?),
+            ingest: Ingest::new(
+                SourceStore::new(&pools),
+                etl.clone(),
+                metrics.clone(),
+                settings.worker.version(),
+            ),
+        };
         let state = AppState {
             settings: settings.clone(),
             jobs: jobs.clone(),
@@ -201,6 +212,7 @@ impl Application {
             identity: identity.clone(),
             etl: etl.clone(),
             cleanup: cleanup.clone(),
+            sources: source_set.clone(),
         };
         let bind = (settings.api.host.as_str(), settings.api.port);
         let listener = TcpListener::bind(bind)
@@ -260,6 +272,28 @@ impl Application {
                 StatsRollup::new(
                     jobs.clone(),
                     StatsRollupConfig::from_settings(&settings.maintenance),
+                )
+                .run(maintenance.clone()),
+            );
+            #[allow(unused_mut)]
+            let mut watcher_config = WatcherConfig::from_settings(&settings.maintenance);
+            #[cfg(feature = "test-aids")]
+            {
+                watcher_config.page_delay =
+                    Duration::from_millis(settings.testing.source_page_delay_ms);
+                if settings.testing.source_page_size > 0 {
+                    watcher_config.page_size = settings.testing.source_page_size;
+                }
+            }
+            tasks.spawn(
+                Watcher::new(
+                    source_set.sources.values().cloned().collect(),
+                    source_set.ingest.clone(),
+                    etl.blobs.clone(),
+                    lifecycle.clone(),
+                    metrics.clone(),
+                    identity.id.clone(),
+                    watcher_config,
                 )
                 .run(maintenance.clone()),
             );

@@ -279,6 +279,38 @@ impl BlobStore {
         })
     }
 
+    /// Every blob whose key starts with `prefix` (not only whole path segments: `in/GL_`
+    /// matches `in/GL_1.xlsx`), as a stream: the store pages its listing, so memory stays
+    /// flat however many blobs there are.
+    pub fn list_meta(
+        &self,
+        prefix: &str,
+    ) -> futures_util::stream::BoxStream<'static, Result<BlobMeta, StorageError>> {
+        let dir = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let wanted = prefix.to_string();
+        let listing = if dir.is_empty() {
+            self.inner.list(None)
+        } else {
+            self.inner.list(Some(&Path::from(dir)))
+        };
+        listing
+            .map_err(StorageError::from)
+            .try_filter_map(move |m| {
+                let key = m.location.to_string();
+                let keep = key.starts_with(&wanted);
+                futures_util::future::ready(Ok(keep.then(|| BlobMeta {
+                    key,
+                    size: m.size,
+                    last_modified: m.last_modified,
+                    etag: m.e_tag,
+                })))
+            })
+            .boxed()
+    }
+
     /// Keys under `prefix`, for tests and tools.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
         let mut out: Vec<String> = self
@@ -290,6 +322,16 @@ impl BlobStore {
         out.sort();
         Ok(out)
     }
+}
+
+/// One listed blob.
+#[derive(Debug, Clone)]
+pub struct BlobMeta {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
+    /// The store's entity tag (quoted for Azure; inode, time and size for a directory).
+    pub etag: Option<String>,
 }
 
 pub struct BlobWriter {

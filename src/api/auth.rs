@@ -10,7 +10,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::queue::Actor;
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -46,7 +46,10 @@ pub async fn require_token(
 ) -> Response {
     let tokens = &state.settings.api.tokens;
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if tokens.is_empty() || read_only {
+    // The Event Grid webhook authenticates itself (the source's `?key=` secret, or a token):
+    // Event Grid cannot send a bearer token.
+    let webhook = is_webhook(req.uri().path());
+    if tokens.is_empty() || read_only || webhook {
         req.extensions_mut().insert(api_actor(&state, "anonymous"));
         return next.run(req).await;
     }
@@ -79,9 +82,24 @@ pub async fn require_token(
     }
 }
 
+/// `/v1/sources/{name}/events`.
+fn is_webhook(path: &str) -> bool {
+    path.strip_prefix("/v1/sources/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::bearer;
+    use super::{bearer, is_webhook};
+
+    #[test]
+    fn only_the_webhook_route_authenticates_itself() {
+        assert!(is_webhook("/v1/sources/gl/events"));
+        assert!(!is_webhook("/v1/sources/gl/tick"));
+        assert!(!is_webhook("/v1/sources/a/b/events"));
+        assert!(!is_webhook("/v1/sources//events"));
+    }
 
     #[test]
     fn the_scheme_is_case_insensitive() {

@@ -1,7 +1,8 @@
 //! REST control plane (SPEC §5), served by `server.rs`.
 //!
 //! Routes: `jobs.rs`, `uploads.rs`, `dead_letters.rs`, `datasets.rs`, `lifecycle.rs`
-//! (lifecycle and fleet), `health.rs` (health, readiness, metrics, OpenAPI). `extractors.rs`
+//! (lifecycle and fleet), `sources.rs` (sources, their ledger, the Event Grid webhook),
+//! `health.rs` (health, readiness, metrics, OpenAPI). `extractors.rs`
 //! turns rejections into JSON errors (`error.rs`); `auth.rs` checks bearer tokens.
 
 mod auth;
@@ -15,6 +16,7 @@ mod job_actions;
 mod jobs;
 mod lifecycle;
 pub mod server;
+mod sources;
 mod stats;
 mod uploads;
 
@@ -52,6 +54,8 @@ pub struct AppState {
     pub etl: Arc<EtlContext>,
     /// Clean-ups left behind by requests that were cut off (a partly stored upload).
     pub cleanup: TaskTracker,
+    /// Configured sources and the ingest path (Event Grid webhook, ticks, ledger).
+    pub sources: crate::sources::SourceSet,
 }
 
 /// Which routes a process serves: `serve` and `api` the whole API, `worker` the control plane
@@ -92,7 +96,20 @@ pub fn router(state: AppState, surface: Surface) -> Router {
             .route("/dead-letters", get(dead_letters::list))
             .route("/dead-letters/retry", post(dead_letters::retry_bulk))
             .route("/dead-letters/{id}/retry", post(dead_letters::retry_one))
-            .route("/datasets", get(datasets::list));
+            .route("/datasets", get(datasets::list))
+            .route("/sources", get(sources::list))
+            .route("/sources/{name}", get(sources::show))
+            .route("/sources/{name}/ledger", get(sources::ledger))
+            .route("/sources/{name}/runs", get(sources::runs))
+            .route("/sources/{name}/tick", post(sources::tick))
+            .route("/sources/{name}/pause", post(sources::pause))
+            .route("/sources/{name}/resume", post(sources::resume))
+            .route(
+                "/sources/{name}/events",
+                post(sources::events)
+                    .options(sources::handshake)
+                    .layer(DefaultBodyLimit::max(sources::EVENTS_BODY_LIMIT)),
+            );
     }
     // Every route but uploads answers within request_timeout_ms.
     let timeout = Duration::from_millis(api.request_timeout_ms);

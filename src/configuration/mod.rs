@@ -34,6 +34,9 @@ pub struct Settings {
     /// ERP layouts by name (SPEC §8).
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorSpec>,
+    /// Blob prefixes watched on a schedule and Event Grid webhooks, by name (issue 16).
+    #[serde(default)]
+    pub sources: BTreeMap<String, crate::sources::SourceSpec>,
     /// Test aids (builds with the `test-aids` feature only).
     #[cfg(feature = "test-aids")]
     pub testing: crate::testing::TestingSettings,
@@ -240,6 +243,13 @@ pub struct MaintenanceSettings {
     pub dead_retention_hours: u64,
     pub worker_retention_hours: u64,
     pub stats_rollup_interval_ms: u64,
+    /// How often each worker process looks for due source slots.
+    pub source_poll_interval_ms: u64,
+    /// A source listing's hold on its source, renewed after every page.
+    pub source_lease_ms: u64,
+    /// Source runs (listings and Event Grid deliveries) are deleted after this many hours;
+    /// the ingest ledger is kept.
+    pub source_run_retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -350,7 +360,26 @@ impl Settings {
             }
         }
         self.connectors()?;
+        self.sources()?;
+        if self.maintenance.source_poll_interval_ms == 0 {
+            return bad("maintenance.source_poll_interval_ms must be at least 1");
+        }
+        if self.maintenance.source_lease_ms < 1000 {
+            return bad("maintenance.source_lease_ms must be at least 1000");
+        }
         Ok(())
+    }
+
+    /// Every configured source, checked against the connectors and the blob store.
+    pub fn sources(&self) -> Result<BTreeMap<String, crate::sources::Source>, ConfigError> {
+        let connectors: Vec<&str> = self.connectors.keys().map(String::as_str).collect();
+        crate::sources::check_all(
+            &self.sources,
+            &connectors,
+            &crate::sources::StoreScope::from_blob_url(&self.blob.url),
+            !self.api.tokens.is_empty(),
+        )
+        .map_err(ConfigError::Invalid)
     }
 
     /// Every configured connector, checked.
@@ -377,6 +406,9 @@ impl Settings {
             mask(t);
         }
         mask(&mut s.blob.azure.access_key);
+        for src in s.sources.values_mut() {
+            mask(&mut src.secret);
+        }
         mask(&mut s.sink.cosmos.key);
         if let Ok(mut u) = url::Url::parse(&s.database.url)
             && u.password().is_some()

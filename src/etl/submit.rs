@@ -136,3 +136,58 @@ pub async fn submit(
         .map_err(|e| SubmitError::Uncertain(e.to_string()))?;
     Ok(enq)
 }
+
+/// A blob a source found, to enqueue (issue 16).
+#[derive(Debug, Clone)]
+pub struct FoundBlob {
+    pub bu_id: BuId,
+    pub source_blob: BlobKey,
+    /// One key per ledger row, so a job can never be enqueued twice for it.
+    pub idempotency_key: String,
+    /// What the audit row says of how it was found (source, etag, event id or slot).
+    pub detail: serde_json::Value,
+}
+
+/// Enqueues the jobs of blobs a source found, with their audit rows, in the caller's
+/// transaction — the one that also writes their ledger rows. Returns job ids in input order.
+pub async fn submit_found_in(
+    etl: &EtlContext,
+    tx: &mut crate::db::Tx,
+    actor: &Actor,
+    connector: &str,
+    found: &[FoundBlob],
+) -> Result<Vec<i64>, SubmitError> {
+    etl.connector(connector)
+        .map_err(SubmitError::UnknownConnector)?;
+    let jobs: Vec<NewJob> = found
+        .iter()
+        .map(|f| {
+            let payload = EtlPayload {
+                bu_id: f.bu_id.clone(),
+                connector: connector.to_string(),
+                source_blob: f.source_blob.clone(),
+                file_name: f.source_blob.as_str().rsplit('/').next().map(str::to_string),
+                uploaded_by: Some(actor.id.clone()),
+            };
+            let mut job = NewJob::new(ETL_KIND, serde_json::to_value(&payload).expect("serialise"));
+            job.idempotency_key = Some(f.idempotency_key.clone());
+            job
+        })
+        .collect();
+    let enqueued = etl.jobs.enqueue_keyed_in(tx, &jobs, actor).await?;
+    let rows: Vec<(i64, &str, &str, serde_json::Value)> = enqueued
+        .iter()
+        .zip(found)
+        .filter(|(e, _)| e.created)
+        .map(|(e, f)| {
+            let mut detail = f.detail.clone();
+            detail["source_blob"] = json!(f.source_blob);
+            (e.job_id, f.bu_id.as_str(), connector, detail)
+        })
+        .collect();
+    etl.audit
+        .record_many_in(tx, actor, "source_ingest", &rows)
+        .await
+        .map_err(|e| SubmitError::Database(e.to_string()))?;
+    Ok(enqueued.into_iter().map(|e| e.job_id).collect())
+}

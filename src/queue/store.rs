@@ -132,6 +132,76 @@ impl JobStore {
             })
     }
 
+    /// Enqueues keyed jobs in the caller's transaction, in one statement, recording `actor` on
+    /// each `enqueued` event (a source's jobs name the source that found them). Returns the
+    /// job of each key in input order; a key already in use returns its existing job.
+    pub async fn enqueue_keyed_in(
+        &self,
+        tx: &mut Tx,
+        jobs: &[NewJob],
+        actor: &Actor,
+    ) -> Result<Vec<Enqueued>, QueueError> {
+        for j in jobs {
+            j.check()?;
+            if j.idempotency_key.is_none() {
+                return Err(QueueError::Invalid(
+                    "enqueue_keyed_in: every job needs an idempotency key".into(),
+                ));
+            }
+        }
+        let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+        let payloads: Vec<String> = jobs.iter().map(|j| j.payload.to_string()).collect();
+        let keys: Vec<&str> = jobs
+            .iter()
+            .filter_map(|j| j.idempotency_key.as_deref())
+            .collect();
+        let max_attempts: Vec<i32> = jobs
+            .iter()
+            .map(|j| j.max_attempts.unwrap_or(self.default_max_attempts))
+            .collect();
+        let rows: Vec<(i64, String, bool)> = sqlx::query_as(
+            r#"
+            WITH input AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[])
+                    WITH ORDINALITY AS t(kind, payload, key, max_attempts, ord)
+            ),
+            ins AS (
+                INSERT INTO jobs (kind, payload, idempotency_key, max_attempts)
+                SELECT kind, payload::jsonb, key, max_attempts FROM input ORDER BY ord
+                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                RETURNING id, idempotency_key
+            ),
+            ev AS (
+                INSERT INTO job_events (job_id, event, to_state, worker_id, worker_version)
+                SELECT id, 'enqueued', 'queued', $5, $6 FROM ins
+            )
+            SELECT id, idempotency_key, true FROM ins
+            UNION ALL
+            SELECT j.id, j.idempotency_key, false FROM jobs j
+             WHERE j.idempotency_key = ANY($3) AND NOT EXISTS
+                   (SELECT 1 FROM ins WHERE ins.idempotency_key = j.idempotency_key)
+            "#,
+        )
+        .bind(&kinds)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(&max_attempts)
+        .bind(&actor.id)
+        .bind(&actor.version)
+        .fetch_all(tx.conn())
+        .await?;
+        let by_key: std::collections::HashMap<&str, (i64, bool)> =
+            rows.iter().map(|r| (r.1.as_str(), (r.0, r.2))).collect();
+        keys.iter()
+            .map(|k| {
+                by_key
+                    .get(k)
+                    .map(|&(job_id, created)| Enqueued { job_id, created })
+                    .ok_or_else(|| QueueError::Invalid(format!("no job for key {k:?}")))
+            })
+            .collect()
+    }
+
     /// Enqueues many jobs in one statement (and one `job_events` statement), in input order.
     pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
         for j in jobs {

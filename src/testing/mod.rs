@@ -22,6 +22,11 @@ pub struct TestingSettings {
     pub pause_in_stage_ms: u64,
     /// Only this stage pauses (empty: every stage).
     pub pause_stage: String,
+    /// Source listings pause this long after each page, so a test can kill a process
+    /// mid-listing.
+    pub source_page_delay_ms: u64,
+    /// Blobs per source listing page (0: the release size).
+    pub source_page_size: usize,
 }
 
 use serde::Serialize;
