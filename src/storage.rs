@@ -301,7 +301,7 @@ impl BlobStore {
             .try_filter_map(move |m| {
                 let key = m.location.to_string();
                 let keep = key.starts_with(&wanted);
-                futures_util::future::ready(Ok(keep.then(|| BlobMeta {
+                futures_util::future::ready(Ok(keep.then_some(BlobMeta {
                     key,
                     size: m.size,
                     last_modified: m.last_modified,

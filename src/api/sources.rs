@@ -50,9 +50,14 @@ fn source<'a>(state: &'a AppState, name: &str) -> Result<&'a Source, ApiError> {
 /// it).
 fn view(s: &Source, row: Option<&SourceRow>) -> Value {
     let (schedule, timezone) = match &s.listing {
-        Some(crate::sources::Schedule::Cron { text, tz, .. }) => {
-            (Some(text.rsplit_once(" (").map_or(text.as_str(), |t| t.0).to_string()), Some(tz.name().to_string()))
-        }
+        Some(crate::sources::Schedule::Cron { text, tz, .. }) => (
+            Some(
+                text.rsplit_once(" (")
+                    .map_or(text.as_str(), |t| t.0)
+                    .to_string(),
+            ),
+            Some(tz.name().to_string()),
+        ),
         Some(crate::sources::Schedule::Every { text, .. }) => (Some(text.clone()), None),
         None => (None, None),
     };
@@ -95,7 +100,11 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let s = source(&state, &name)?;
-    let rows = state.sources.store().sources(&[name.clone()]).await?;
+    let rows = state
+        .sources
+        .store()
+        .sources(std::slice::from_ref(&name))
+        .await?;
     let runs = state.sources.store().runs(&name, None, RECENT_RUNS).await?;
     let mut v = view(s, rows.first());
     v["runs"] = json!(runs);
@@ -140,7 +149,9 @@ pub async fn ledger(
         rows.truncate(limit as usize);
         rows.last().map(|r| r.id.to_string())
     });
-    Ok(axum::Json(json!({"ledger": rows, "next_cursor": next.flatten()})))
+    Ok(axum::Json(
+        json!({"ledger": rows, "next_cursor": next.flatten()}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -166,7 +177,9 @@ pub async fn runs(
         rows.truncate(limit as usize);
         rows.last().map(|r| r.id.to_string())
     });
-    Ok(axum::Json(json!({"runs": rows, "next_cursor": next.flatten()})))
+    Ok(axum::Json(
+        json!({"runs": rows, "next_cursor": next.flatten()}),
+    ))
 }
 
 /// Asks for a listing now. It runs in whichever worker process takes it first, through the
@@ -230,7 +243,11 @@ async fn set_paused(
         .store()
         .set_paused(&name, paused, &actor.id)
         .await?;
-    let rows = state.sources.store().sources(&[name.clone()]).await?;
+    let rows = state
+        .sources
+        .store()
+        .sources(std::slice::from_ref(&name))
+        .await?;
     Ok(axum::Json(view(s, rows.first())))
 }
 
@@ -307,9 +324,11 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let s = webhook_source(&state, &name, query.as_deref(), &headers)?.clone();
     let events = eventgrid::parse(&body).map_err(|e| match e {
-        eventgrid::ParseError::Json(m) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {m}"))
-        }
+        eventgrid::ParseError::Json(m) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {m}"),
+        ),
         eventgrid::ParseError::Shape(m) => ApiError::bad_request(m),
     })?;
     if let Some(code) = events.iter().find_map(|e| match e {
@@ -388,19 +407,26 @@ pub async fn events(
 }
 
 /// A BlobCreated event as a candidate, or why it is ignored (with what to show for it).
-fn blob_candidate(
-    s: &Source,
-    b: eventgrid::BlobCreated,
-) -> Result<Candidate, (Skip, String)> {
+fn blob_candidate(s: &Source, b: eventgrid::BlobCreated) -> Result<Candidate, (Skip, String)> {
     let what = b.blob.clone().unwrap_or_else(|| b.id.clone());
-    if !b.api.as_deref().is_some_and(|a| FINISHING_APIS.contains(&a)) {
-        return Err((Skip::OtherEvent, format!("{what} (api {:?})", b.api.unwrap_or_default())));
+    if !b
+        .api
+        .as_deref()
+        .is_some_and(|a| FINISHING_APIS.contains(&a))
+    {
+        return Err((
+            Skip::OtherEvent,
+            format!("{what} (api {:?})", b.api.unwrap_or_default()),
+        ));
     }
     if b.content_length == Some(0) {
         return Err((Skip::Empty, what));
     }
     if b.container.is_none() || b.container != s.container {
-        return Err((Skip::OtherContainer, format!("{}/{what}", b.container.unwrap_or_default())));
+        return Err((
+            Skip::OtherContainer,
+            format!("{}/{what}", b.container.unwrap_or_default()),
+        ));
     }
     let blob = b.blob.ok_or((Skip::InvalidKey, what.clone()))?;
     // Keys in the store are relative to its own prefix inside the container.
@@ -408,7 +434,10 @@ fn blob_candidate(
         .strip_prefix(s.store_prefix.as_str())
         .ok_or((Skip::OutsidePrefix, what.clone()))?;
     let (key, bu_id) = s.matcher.take(key).map_err(|skip| (skip, what.clone()))?;
-    let etag = b.etag.filter(|e| !e.is_empty()).ok_or((Skip::NoEtag, what))?;
+    let etag = b
+        .etag
+        .filter(|e| !e.is_empty())
+        .ok_or((Skip::NoEtag, what))?;
     Ok(Candidate {
         key,
         bu_id,

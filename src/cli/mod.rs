@@ -7,6 +7,7 @@ mod jobs;
 mod lifecycle;
 mod output;
 mod remote;
+mod sources;
 mod upload;
 
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ Exit codes:
   0  success (for `upload --wait`: the job succeeded)
   1  failure (PostgreSQL or the server unreachable, an operation refused, ...)
   2  usage or configuration error
-  3  timed out (`drain --wait`, `upload --wait`, `jobs wait`)
+  3  timed out (`drain --wait`, `upload --wait`, `jobs wait`, `sources tick --wait`)
   4  the job ended dead (`upload --wait`, `jobs wait`)
   5  the job was cancelled (`upload --wait`, `jobs wait`)";
 
@@ -94,6 +95,11 @@ enum Cmd {
     Dlq {
         #[command(subcommand)]
         action: dlq::DlqCmd,
+    },
+    /// Sources (watched prefixes, Event Grid): list, show, tick, ledger, pause, resume.
+    Sources {
+        #[command(subcommand)]
+        action: sources::SourcesCmd,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -193,6 +199,7 @@ async fn run(cmd: Cmd, settings: Settings, json: bool) -> anyhow::Result<u8> {
         Cmd::Drain(a) => lifecycle::drain(&settings, a, json).await,
         Cmd::Resume { target } => lifecycle::resume(&settings, target, json).await,
         Cmd::Dlq { action } => dlq::dlq(&settings, action, json).await,
+        Cmd::Sources { action } => sources::sources(&settings, action, json).await,
         Cmd::Config { .. } | Cmd::Completions { .. } => unreachable!("handled before"),
     }
 }

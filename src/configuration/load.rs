@@ -93,6 +93,23 @@ fn lookup<'a>(t: &'a Table, path: &[String]) -> Option<&'a Value> {
     }
 }
 
+/// A source defined only in the environment (`ETLQ__SOURCES__NAME__MIN_AGE_MS=500`) has no
+/// default to take its types from: its non-string fields are typed here.
+fn source_field_like(path: &[String]) -> Option<&'static Value> {
+    static INT: Value = Value::Integer(0);
+    static BOOL: Value = Value::Boolean(false);
+    static ARRAY: Value = Value::Array(Vec::new());
+    match path {
+        [s, _, field] if s == "sources" => match field.as_str() {
+            "min_age_ms" => Some(&INT),
+            "enabled" => Some(&BOOL),
+            "include" => Some(&ARRAY),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// An environment variable's text as the type the defaults have at that path.
 fn env_value(var: &str, text: &str, like: Option<&Value>) -> Result<Value, ConfigError> {
     let wrong = |ty: &str| {
@@ -242,7 +259,9 @@ pub(super) fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Sett
                 "environment variable {var}: expected ETLQ__SECTION__KEY"
             )));
         }
-        let like = lookup(&merged, &path).or_else(|| lookup(&defaults, &path));
+        let like = lookup(&merged, &path)
+            .or_else(|| lookup(&defaults, &path))
+            .or_else(|| source_field_like(&path));
         let value = env_value(var, text, like)?;
         record(
             &mut sources,
@@ -409,7 +428,10 @@ container = "exports"
         let f = file(SOURCES);
         // An eventgrid source with neither a secret nor API tokens would be an open endpoint.
         let err = load(Some(f.path()), &[]).unwrap_err().to_string();
-        assert!(err.contains("sources.grid") && err.contains("ETLQ__SOURCES__GRID__SECRET"), "{err}");
+        assert!(
+            err.contains("sources.grid") && err.contains("ETLQ__SOURCES__GRID__SECRET"),
+            "{err}"
+        );
         let s = load(
             Some(f.path()),
             &env(&[("ETLQ__SOURCES__GRID__SECRET", "0123456789abcdef0")]),
@@ -422,7 +444,10 @@ container = "exports"
 
         let in_file = file(&format!("{SOURCES}secret = \"0123456789abcdef0\"\n"));
         let err = load(Some(in_file.path()), &[]).unwrap_err().to_string();
-        assert!(err.contains("sources.grid.secret") && err.contains("environment only"), "{err}");
+        assert!(
+            err.contains("sources.grid.secret") && err.contains("environment only"),
+            "{err}"
+        );
 
         let typo = file(&SOURCES.replace("min_age_ms", "min_age"));
         let err = load(Some(typo.path()), &[]).unwrap_err().to_string();
@@ -432,13 +457,30 @@ container = "exports"
         for (from, to, says) in [
             ("*/5 * * * *", "*/5 * * *", "4 fields"),
             ("Europe/Berlin", "Europe/Atlantis", "IANA"),
-            ("connector = \"sap_fbl3n\"", "connector = \"nope\"", "not configured"),
-            ("prefix = \"incoming/\"", "prefix = \"runs/\"", "etlq keeps its own"),
-            ("path = \"incoming/{bu_id}/{file}\"", "path = \"incoming/{file}\"", "bu_id"),
+            (
+                "connector = \"sap_fbl3n\"",
+                "connector = \"nope\"",
+                "not configured",
+            ),
+            (
+                "prefix = \"incoming/\"",
+                "prefix = \"runs/\"",
+                "etlq keeps its own",
+            ),
+            (
+                "path = \"incoming/{bu_id}/{file}\"",
+                "path = \"incoming/{file}\"",
+                "bu_id",
+            ),
         ] {
             let bad = file(&SOURCES.replacen(from, to, 1));
-            let err = load(Some(bad.path()), &env(&env_ok)).unwrap_err().to_string();
-            assert!(err.contains("sources.nightly_gl") && err.contains(says), "{to}: {err}");
+            let err = load(Some(bad.path()), &env(&env_ok))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("sources.nightly_gl") && err.contains(says),
+                "{to}: {err}"
+            );
         }
     }
 }

@@ -166,7 +166,12 @@ pub async fn submit_found_in(
                 bu_id: f.bu_id.clone(),
                 connector: connector.to_string(),
                 source_blob: f.source_blob.clone(),
-                file_name: f.source_blob.as_str().rsplit('/').next().map(str::to_string),
+                file_name: f
+                    .source_blob
+                    .as_str()
+                    .rsplit('/')
+                    .next()
+                    .map(str::to_string),
                 uploaded_by: Some(actor.id.clone()),
             };
             let mut job = NewJob::new(ETL_KIND, serde_json::to_value(&payload).expect("serialise"));

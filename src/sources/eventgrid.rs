@@ -19,10 +19,14 @@ pub const MAX_EVENTS: usize = 5000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The Event Grid schema's handshake: answer with this code.
-    Validation { code: String },
+    Validation {
+        code: String,
+    },
     BlobCreated(BlobCreated),
     /// Any other type, kept by name for the count.
-    Other { event_type: String },
+    Other {
+        event_type: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -163,11 +167,7 @@ fn from_url(u: &str) -> Option<(String, String)> {
         segs.next()?;
     }
     let container = segs.next()?.to_string();
-    let rest: Vec<String> = segs
-        .map(|s| {
-            percent_decode(s)
-        })
-        .collect::<Option<_>>()?;
+    let rest: Vec<String> = segs.map(|s| percent_decode(s)).collect::<Option<_>>()?;
     let blob = rest.join("/");
     (!container.is_empty() && !blob.is_empty()).then_some((container, blob))
 }
@@ -275,7 +275,8 @@ mod tests {
                 code: "512d38b6-c7b8-40c8-89fe-f46f9e9622b6".into()
             }]
         );
-        let other = r#"[{"id":"1","eventType":"Microsoft.Storage.BlobDeleted","subject":"x","data":{}}]"#;
+        let other =
+            r#"[{"id":"1","eventType":"Microsoft.Storage.BlobDeleted","subject":"x","data":{}}]"#;
         assert_eq!(
             parse(other.as_bytes()).unwrap(),
             [Event::Other {
@@ -284,7 +285,10 @@ mod tests {
         );
         assert!(matches!(parse(b"[{"), Err(ParseError::Json(_))));
         assert!(matches!(parse(b"42"), Err(ParseError::Shape(_))));
-        assert!(matches!(parse(br#"[{"id":"1"}]"#), Err(ParseError::Shape(_))));
+        assert!(matches!(
+            parse(br#"[{"id":"1"}]"#),
+            Err(ParseError::Shape(_))
+        ));
         assert_eq!(normalize_etag("W/\"0xAB\""), "0xAB");
     }
 }

@@ -64,7 +64,12 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(store: SourceStore, etl: Arc<EtlContext>, metrics: Arc<Metrics>, version: String) -> Self {
+    pub fn new(
+        store: SourceStore,
+        etl: Arc<EtlContext>,
+        metrics: Arc<Metrics>,
+        version: String,
+    ) -> Self {
         Ingest {
             store,
             etl,
@@ -145,7 +150,11 @@ impl Ingest {
             .map_err(|e| SubmitError::Database(e.to_string()))?;
         let run_id = match listing_run {
             Some(id) => id,
-            None => self.store.delivery_run_in(&mut tx, &source.name, counts).await?,
+            None => {
+                self.store
+                    .delivery_run_in(&mut tx, &source.name, counts)
+                    .await?
+            }
         };
         let inserted = if fresh_rows.is_empty() {
             Vec::new()
@@ -201,14 +210,15 @@ impl Ingest {
         }
         counts.new += inserted.len() as u64;
         if listing_run.is_none() {
-            self.store.set_run_counts_in(&mut tx, run_id, counts).await?;
+            self.store
+                .set_run_counts_in(&mut tx, run_id, counts)
+                .await?;
         }
         tx.commit()
             .await
             .map_err(|e| SubmitError::Uncertain(e.to_string()))?;
         for (_, key, etag, found_at) in &inserted {
-            if let Some(modified) = find(key, etag).and_then(|c| c.last_modified)
-            {
+            if let Some(modified) = find(key, etag).and_then(|c| c.last_modified) {
                 let lag = (*found_at - modified).num_milliseconds().max(0) as f64 / 1000.0;
                 self.metrics.source_lag(&source.name, lag);
             }

@@ -57,7 +57,10 @@ enum Segment {
     /// `{file}`: the last segment, any name.
     File,
     /// `pre{bu_id}post`.
-    BuId { pre: String, post: String },
+    BuId {
+        pre: String,
+        post: String,
+    },
 }
 
 /// Where a key's bu_id comes from.
@@ -130,7 +133,11 @@ impl Matcher {
         let name = key.as_str().rsplit('/').next().unwrap_or_default();
         if !self.include.is_empty() {
             let lower = name.to_lowercase();
-            if !self.include.iter().any(|g| glob(g.as_bytes(), lower.as_bytes())) {
+            if !self
+                .include
+                .iter()
+                .any(|g| glob(g.as_bytes(), lower.as_bytes()))
+            {
                 return Err(Skip::NotIncluded);
             }
         }
@@ -255,7 +262,10 @@ mod tests {
     fn the_bu_id_comes_from_the_path_and_misfits_are_skipped_with_a_reason() {
         let m = Matcher::new("incoming/", &inc(), Some("incoming/{bu_id}/{file}"), None).unwrap();
         let (k, b) = m.take("incoming/BU-1000/gl.XLSX").unwrap();
-        assert_eq!((k.as_str(), b.as_str()), ("incoming/BU-1000/gl.XLSX", "BU-1000"));
+        assert_eq!(
+            (k.as_str(), b.as_str()),
+            ("incoming/BU-1000/gl.XLSX", "BU-1000")
+        );
         assert_eq!(m.take("incoming/gl.xlsx"), Err(Skip::PathMismatch));
         assert_eq!(m.take("incoming/a/b/gl.xlsx"), Err(Skip::PathMismatch));
         assert_eq!(m.take("incoming/BU 1/gl.xlsx"), Err(Skip::InvalidBuId));
@@ -278,7 +288,8 @@ mod tests {
 
     #[test]
     fn bad_templates_are_refused() {
-        let e = |p: &str, b: Option<&str>| Matcher::new("incoming/", &inc(), Some(p), b).unwrap_err();
+        let e =
+            |p: &str, b: Option<&str>| Matcher::new("incoming/", &inc(), Some(p), b).unwrap_err();
         assert!(e("incoming/{file}/x", None).contains("last segment"));
         assert!(e("incoming/{bu}/{file}", None).contains("placeholders"));
         assert!(e("elsewhere/{bu_id}/{file}", None).contains("prefix"));

@@ -30,11 +30,12 @@ pub use store::{
 };
 pub use watcher::{Watcher, WatcherConfig};
 
-/// The extensions etlq reads, when a source names no `include`.
-pub const DEFAULT_INCLUDE: [&str; 5] = ["*.xlsx", "*.xlsm", "*.xls", "*.xlsb", "*.ods"];
-/// A blob modified more recently than this may still be being written, when a source sets no
-/// `min_age_ms`.
-pub const DEFAULT_MIN_AGE_MS: u64 = 10_000;
+/// The extensions etlq reads: a source's `include` when it names none (a per-source
+/// fallback, documented beside `[sources.inbox]` in config/default.toml).
+pub const WORKBOOK_GLOBS: [&str; 5] = ["*.xlsx", "*.xlsm", "*.xls", "*.xlsb", "*.ods"];
+/// A blob modified more recently than this may still be being written: a source's
+/// `min_age_ms` when it sets none (documented in config/default.toml).
+pub const MIN_AGE_WHEN_UNSET_MS: u64 = 10_000;
 /// etlq's own areas of the blob store: a source may not list them.
 pub const RESERVED_PREFIXES: [&str; 3] = ["uploads/", "runs/", "latest/"];
 
@@ -245,7 +246,7 @@ fn check(
     }
     let include: Vec<String> = match &s.include {
         Some(v) => v.clone(),
-        None => DEFAULT_INCLUDE.iter().map(|g| g.to_string()).collect(),
+        None => WORKBOOK_GLOBS.iter().map(|g| g.to_string()).collect(),
     };
     let matcher = Matcher::new(&s.prefix, &include, s.path.as_deref(), s.bu_id.as_deref())?;
     let listing = match s.kind {
@@ -298,7 +299,7 @@ fn check(
         matcher,
         connector: s.connector.clone(),
         listing,
-        min_age: Duration::from_millis(s.min_age_ms.unwrap_or(DEFAULT_MIN_AGE_MS)),
+        min_age: Duration::from_millis(s.min_age_ms.unwrap_or(MIN_AGE_WHEN_UNSET_MS)),
         enabled: s.enabled,
         secret: (!s.secret.is_empty()).then(|| s.secret.clone()),
         container,
@@ -330,10 +331,16 @@ impl SourceSet {
     /// before any worker started); an existing row keeps its slot unless the schedule
     /// changed.
     pub async fn ensure_row(&self, s: &Source) -> Result<(), store::StoreError> {
-        let spec = s.listing.as_ref().map(|l| l.text()).unwrap_or("on request");
-        let listing = s.listing.clone();
-        self.store()
-            .sync_schedule(&s.name, spec, |now| listing.as_ref()?.next_after(now))
-            .await
+        ensure_schedule(self.store(), s).await
     }
+}
+
+/// Writes `s`'s schedule row: created when missing, its slot recomputed only when the
+/// schedule changed (the watcher at startup, an action before any worker ran).
+pub async fn ensure_schedule(store: &SourceStore, s: &Source) -> Result<(), store::StoreError> {
+    let spec = s.listing.as_ref().map(|l| l.text()).unwrap_or("on request");
+    let listing = s.listing.clone();
+    store
+        .sync_schedule(&s.name, spec, |now| listing.as_ref()?.next_after(now))
+        .await
 }

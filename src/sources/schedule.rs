@@ -8,7 +8,10 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike, Utc};
+use chrono::{
+    DateTime, Datelike, Duration as ChronoDuration, LocalResult, NaiveDate, NaiveDateTime,
+    NaiveTime, TimeZone, Timelike, Utc,
+};
 use chrono_tz::Tz;
 
 /// How far ahead a cron expression is searched for its next instant: a leap day on a given
@@ -17,10 +20,17 @@ const SEARCH_YEARS: i32 = 30;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
-    Cron { cron: Cron, tz: Tz, text: String },
+    Cron {
+        cron: Cron,
+        tz: Tz,
+        text: String,
+    },
     /// Every `period`, on multiples of it since the Unix epoch (so every process agrees on
     /// the slots without talking to each other).
-    Every { period: Duration, text: String },
+    Every {
+        period: Duration,
+        text: String,
+    },
 }
 
 impl Schedule {
@@ -91,9 +101,9 @@ fn parse_period(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("every {s:?}: expected a number and a unit, like \"30s\" or \"5m\""))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("every {s:?}: expected a number and a unit, like \"30s\" or \"5m\"")
+    })?;
     let ms = match unit {
         "ms" => n,
         "s" => n * 1000,
@@ -252,9 +262,12 @@ fn field(text: &str, lo: u32, hi: u32, names: Option<&[&str]>) -> Result<u64, St
             // Months are 1-based, weekdays 0-based.
             return Ok(i as u32 + lo);
         }
-        let v: u32 = s
-            .parse()
-            .map_err(|_| format!("{s:?} is not a number{}", if names.is_some() { " or a name" } else { "" }))?;
+        let v: u32 = s.parse().map_err(|_| {
+            format!(
+                "{s:?} is not a number{}",
+                if names.is_some() { " or a name" } else { "" }
+            )
+        })?;
         if v < lo || v > hi {
             return Err(format!("{v} is outside {lo}-{hi}"));
         }
@@ -332,14 +345,29 @@ mod tests {
     #[test]
     fn five_fields_fire_on_the_minute_six_fields_on_the_second() {
         let five = cron("*/5 * * * *", None);
-        assert_eq!(next(&five, "2026-03-01T10:02:30Z"), "2026-03-01T10:05:00+00:00");
-        assert_eq!(next(&five, "2026-03-01T10:05:00Z"), "2026-03-01T10:10:00+00:00");
+        assert_eq!(
+            next(&five, "2026-03-01T10:02:30Z"),
+            "2026-03-01T10:05:00+00:00"
+        );
+        assert_eq!(
+            next(&five, "2026-03-01T10:05:00Z"),
+            "2026-03-01T10:10:00+00:00"
+        );
         let six = cron("*/15 * * * * *", None);
-        assert_eq!(next(&six, "2026-03-01T10:02:30Z"), "2026-03-01T10:02:45+00:00");
-        assert_eq!(next(&six, "2026-03-01T10:02:59.5Z"), "2026-03-01T10:03:00+00:00");
+        assert_eq!(
+            next(&six, "2026-03-01T10:02:30Z"),
+            "2026-03-01T10:02:45+00:00"
+        );
+        assert_eq!(
+            next(&six, "2026-03-01T10:02:59.5Z"),
+            "2026-03-01T10:03:00+00:00"
+        );
         let sec = cron("30 0 12 * * MON-FRI", None);
         // 2026-03-07 is a Saturday: next is Monday the 9th.
-        assert_eq!(next(&sec, "2026-03-06T12:00:30Z"), "2026-03-09T12:00:30+00:00");
+        assert_eq!(
+            next(&sec, "2026-03-06T12:00:30Z"),
+            "2026-03-09T12:00:30+00:00"
+        );
     }
 
     #[test]
@@ -358,8 +386,14 @@ mod tests {
         );
         // Day of month OR day of week when both are restricted: the 13th, or a Friday.
         let either = cron("0 0 13 * 5", None);
-        assert_eq!(next(&either, "2026-02-01T00:00:00Z"), "2026-02-06T00:00:00+00:00");
-        assert_eq!(next(&either, "2026-02-06T00:00:00Z"), "2026-02-13T00:00:00+00:00");
+        assert_eq!(
+            next(&either, "2026-02-01T00:00:00Z"),
+            "2026-02-06T00:00:00+00:00"
+        );
+        assert_eq!(
+            next(&either, "2026-02-06T00:00:00Z"),
+            "2026-02-13T00:00:00+00:00"
+        );
         // 7 is Sunday.
         assert_eq!(
             next(&cron("0 0 * * 7", None), "2026-03-02T00:00:00Z"),
@@ -392,29 +426,53 @@ mod tests {
     #[test]
     fn every_runs_on_multiples_of_its_period_since_the_epoch() {
         let every = Schedule::parse(None, Some("30s"), None).unwrap();
-        assert_eq!(next(&every, "2026-03-01T10:00:10Z"), "2026-03-01T10:00:30+00:00");
-        assert_eq!(next(&every, "2026-03-01T10:00:30Z"), "2026-03-01T10:01:00+00:00");
+        assert_eq!(
+            next(&every, "2026-03-01T10:00:10Z"),
+            "2026-03-01T10:00:30+00:00"
+        );
+        assert_eq!(
+            next(&every, "2026-03-01T10:00:30Z"),
+            "2026-03-01T10:01:00+00:00"
+        );
         let hour = Schedule::parse(None, Some("1h"), None).unwrap();
-        assert_eq!(next(&hour, "2026-03-01T10:00:10Z"), "2026-03-01T11:00:00+00:00");
+        assert_eq!(
+            next(&hour, "2026-03-01T10:00:10Z"),
+            "2026-03-01T11:00:00+00:00"
+        );
     }
 
     #[test]
     fn time_zones_shift_the_slots() {
         // 08:00 in Berlin is 07:00 UTC in winter, 06:00 UTC in summer.
         let s = cron("0 8 * * *", Some("Europe/Berlin"));
-        assert_eq!(next(&s, "2026-01-10T00:00:00Z"), "2026-01-10T07:00:00+00:00");
-        assert_eq!(next(&s, "2026-07-10T00:00:00Z"), "2026-07-10T06:00:00+00:00");
+        assert_eq!(
+            next(&s, "2026-01-10T00:00:00Z"),
+            "2026-01-10T07:00:00+00:00"
+        );
+        assert_eq!(
+            next(&s, "2026-07-10T00:00:00Z"),
+            "2026-07-10T06:00:00+00:00"
+        );
         let ny = cron("0 0 * * *", Some("America/New_York"));
-        assert_eq!(next(&ny, "2026-01-10T00:00:00Z"), "2026-01-10T05:00:00+00:00");
+        assert_eq!(
+            next(&ny, "2026-01-10T00:00:00Z"),
+            "2026-01-10T05:00:00+00:00"
+        );
     }
 
     #[test]
     fn a_local_time_skipped_in_spring_fires_once_at_the_end_of_the_gap() {
         // Berlin, 2026-03-29: 02:00 CET jumps to 03:00 CEST (01:00 UTC).
         let s = cron("30 2 * * *", Some("Europe/Berlin"));
-        assert_eq!(next(&s, "2026-03-28T12:00:00Z"), "2026-03-29T01:00:00+00:00");
+        assert_eq!(
+            next(&s, "2026-03-28T12:00:00Z"),
+            "2026-03-29T01:00:00+00:00"
+        );
         // The day after, 02:30 CEST exists again.
-        assert_eq!(next(&s, "2026-03-29T01:00:00Z"), "2026-03-30T00:30:00+00:00");
+        assert_eq!(
+            next(&s, "2026-03-29T01:00:00Z"),
+            "2026-03-30T00:30:00+00:00"
+        );
         // Every 15 minutes across the gap: 01:45 CET, then 03:00 CEST once (02:00, 02:15,
         // 02:30 and 02:45 do not exist and all map to it), then 03:15.
         let q = cron("*/15 * * * *", Some("Europe/Berlin"));
@@ -433,19 +491,25 @@ mod tests {
         // Berlin, 2026-10-25: 03:00 CEST falls back to 02:00 CET; 02:30 happens at 00:30 UTC
         // and again at 01:30 UTC.
         let s = cron("30 2 * * *", Some("Europe/Berlin"));
-        assert_eq!(next(&s, "2026-10-24T12:00:00Z"), "2026-10-25T00:30:00+00:00");
+        assert_eq!(
+            next(&s, "2026-10-24T12:00:00Z"),
+            "2026-10-25T00:30:00+00:00"
+        );
         // From inside the second occurrence and from just after the first: the next day.
-        assert_eq!(next(&s, "2026-10-25T00:30:00Z"), "2026-10-26T01:30:00+00:00");
-        assert_eq!(next(&s, "2026-10-25T01:29:00Z"), "2026-10-26T01:30:00+00:00");
+        assert_eq!(
+            next(&s, "2026-10-25T00:30:00Z"),
+            "2026-10-26T01:30:00+00:00"
+        );
+        assert_eq!(
+            next(&s, "2026-10-25T01:29:00Z"),
+            "2026-10-26T01:30:00+00:00"
+        );
         // Hourly across the change: 02:00 CEST (00:00Z) fires, 02:00 CET (01:00Z) does not,
         // then 03:00 CET (02:00Z).
         let h = cron("0 * * * *", Some("Europe/Berlin"));
         assert_eq!(
             slots(&h, "2026-10-24T23:30:00Z", "2026-10-25T02:30:00Z"),
-            [
-                "2026-10-25T00:00:00+00:00",
-                "2026-10-25T02:00:00+00:00"
-            ]
+            ["2026-10-25T00:00:00+00:00", "2026-10-25T02:00:00+00:00"]
         );
     }
 }

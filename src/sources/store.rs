@@ -185,7 +185,9 @@ impl SourceStore {
 
     /// The database's clock.
     pub async fn now(&self) -> StoreResult<DateTime<Utc>> {
-        sqlx::query_scalar("SELECT now()").fetch_one(&self.pool).await
+        sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await
     }
 
     /// Makes the schedule row of `source` match its configured schedule: created when
@@ -249,7 +251,11 @@ impl SourceStore {
             .fetch_one(&mut *tx)
             .await?;
         let scheduled = due.next_slot.is_some_and(|s| s <= now);
-        let next = if scheduled { next_after(now) } else { due.next_slot };
+        let next = if scheduled {
+            next_after(now)
+        } else {
+            due.next_slot
+        };
         let won = sqlx::query(
             "UPDATE source_schedules
                 SET next_slot = $4,
@@ -294,7 +300,8 @@ impl SourceStore {
             _ => (Trigger::Resume, now),
         };
         let run_id: i64 = sqlx::query_scalar(
-            "INSERT INTO source_runs (source, trigger, slot, worker_id) VALUES ($1, $2, $3, $4)
+            "INSERT INTO source_runs (source, trigger, slot, worker_id, started_at)
+             VALUES ($1, $2, $3, $4, clock_timestamp())
              RETURNING id",
         )
         .bind(&due.source)
@@ -624,7 +631,7 @@ async fn finish_run_on(
     let reasons = serde_json::to_value(&c.reasons).unwrap_or(Value::Null);
     sqlx::query(
         "UPDATE source_runs
-            SET finished_at = coalesce(finished_at, now()),
+            SET finished_at = coalesce(finished_at, clock_timestamp()),
                 outcome = CASE WHEN $7::text IS NULL THEN 'ok' ELSE 'failed' END,
                 listed = $2, new = $3, duplicate = $4, skipped = $5, reasons = $6, error = $7
           WHERE id = $1 AND outcome IS DISTINCT FROM 'cut'",

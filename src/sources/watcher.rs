@@ -102,14 +102,7 @@ impl Watcher {
     /// Creates or updates each source's schedule row; false when PostgreSQL did not answer.
     async fn sync(&self) -> bool {
         for s in &self.sources {
-            let spec = s.listing.as_ref().map(|l| l.text()).unwrap_or("on request");
-            let listing = s.listing.clone();
-            if let Err(e) = self
-                .ingest
-                .store()
-                .sync_schedule(&s.name, spec, |now| listing.as_ref()?.next_after(now))
-                .await
-            {
+            if let Err(e) = super::ensure_schedule(self.ingest.store(), s).await {
                 tracing::warn!(source = %s.name, error = %e, "cannot write the source's schedule");
                 return false;
             }
@@ -142,7 +135,9 @@ impl Watcher {
                     ran += 1;
                 }
                 Ok(None) => {}
-                Err(e) => tracing::warn!(source = %source.name, error = %e, "claiming a slot failed"),
+                Err(e) => {
+                    tracing::warn!(source = %source.name, error = %e, "claiming a slot failed")
+                }
             }
         }
         ran
@@ -174,7 +169,10 @@ impl Watcher {
         let (error, hand_over) = match &outcome {
             Ok(()) => (None, false),
             Err(Stop::Stopped) => (
-                Some("this process stopped before the listing finished; another takes it over".to_string()),
+                Some(
+                    "this process stopped before the listing finished; another takes it over"
+                        .to_string(),
+                ),
                 true,
             ),
             Err(Stop::LeaseLost) => (
@@ -184,7 +182,8 @@ impl Watcher {
             Err(Stop::Failed(e)) => (Some(e.clone()), true),
         };
         let label = if error.is_none() { "ok" } else { "failed" };
-        self.metrics.source_tick(&source.name, claim.trigger.as_str(), label);
+        self.metrics
+            .source_tick(&source.name, claim.trigger.as_str(), label);
         self.metrics.source_blobs(&source.name, &counts);
         if let Err(e) = self
             .ingest
@@ -208,7 +207,9 @@ impl Watcher {
                 new = counts.new, duplicate = counts.duplicate, skipped = counts.skipped,
                 "listing finished"
             ),
-            Some(e) => tracing::warn!(source = %source.name, run_id = claim.run_id, error = %e, "listing stopped"),
+            Some(e) => {
+                tracing::warn!(source = %source.name, run_id = claim.run_id, error = %e, "listing stopped")
+            }
         }
     }
 
@@ -270,7 +271,10 @@ enum Stop {
 
 /// A listed blob as a candidate, or why it is skipped.
 fn candidate(source: &Source, claim: &Claim, m: BlobMeta) -> Result<Candidate, (Skip, String)> {
-    let (key, bu_id): (BlobKey, _) = source.matcher.take(&m.key).map_err(|s| (s, m.key.clone()))?;
+    let (key, bu_id): (BlobKey, _) = source
+        .matcher
+        .take(&m.key)
+        .map_err(|s| (s, m.key.clone()))?;
     if m.size == 0 {
         return Err((Skip::Empty, m.key));
     }
@@ -278,7 +282,12 @@ fn candidate(source: &Source, claim: &Claim, m: BlobMeta) -> Result<Candidate, (
     if age.num_milliseconds() < source.min_age.as_millis() as i64 {
         return Err((Skip::TooRecent, m.key));
     }
-    let Some(etag) = m.etag.as_deref().map(normalize_etag).filter(|e| !e.is_empty()) else {
+    let Some(etag) = m
+        .etag
+        .as_deref()
+        .map(normalize_etag)
+        .filter(|e| !e.is_empty())
+    else {
         return Err((Skip::NoEtag, m.key));
     };
     Ok(Candidate {

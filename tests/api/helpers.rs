@@ -147,6 +147,8 @@ pub fn test_env(db_url: &str, version: &str) -> Vec<(String, String)> {
         ("ETLQ__WORKER__DRAIN_TIMEOUT_MS", "10000"),
         ("ETLQ__MAINTENANCE__RESCUE_INTERVAL_MS", "200"),
         ("ETLQ__MAINTENANCE__RESCUE_GRACE_MS", "600"),
+        ("ETLQ__MAINTENANCE__SOURCE_POLL_INTERVAL_MS", "200"),
+        ("ETLQ__MAINTENANCE__SOURCE_LEASE_MS", "2000"),
         ("ETLQ__RETRY__BACKOFF_BASE_MS", "100"),
         ("ETLQ__RETRY__BACKOFF_MAX_MS", "1000"),
         ("RUST_LOG", "info,sqlx=warn"),

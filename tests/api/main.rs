@@ -18,4 +18,6 @@ mod release;
 mod rest;
 #[path = "../../examples/samples/mod.rs"]
 mod samples;
+mod sources;
+mod sources_process;
 mod tidy;
