@@ -95,19 +95,18 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
 
     // The rolling deploy: each process drained over REST, stopped, replaced by v2.
     let client = reqwest::Client::new();
-    for i in 0..procs.len() {
+    for p in procs.iter_mut() {
         let r = client
-            .post(format!("{}/v1/lifecycle/drain", procs[i].base))
+            .post(format!("{}/v1/lifecycle/drain", p.base))
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success());
-        procs[i]
-            .wait_lifecycle("SafeToStop", |b| b["mode"] == "SafeToStop")
+        p.wait_lifecycle("SafeToStop", |b| b["mode"] == "SafeToStop")
             .await;
-        procs[i].signal("TERM");
-        assert_eq!(procs[i].wait_exit(Duration::from_secs(30)).await, Some(0));
-        procs[i] = spawn_process("worker", &env(&db, "v2"));
+        p.signal("TERM");
+        assert_eq!(p.wait_exit(Duration::from_secs(30)).await, Some(0));
+        *p = spawn_process("worker", &env(&db, "v2"));
         tokio::time::sleep(Duration::from_secs(3)).await; // the deploy's pace
     }
     let keys = writer.await.unwrap();
