@@ -167,7 +167,7 @@ fn from_url(u: &str) -> Option<(String, String)> {
         segs.next()?;
     }
     let container = segs.next()?.to_string();
-    let rest: Vec<String> = segs.map(|s| percent_decode(s)).collect::<Option<_>>()?;
+    let rest: Vec<String> = segs.map(percent_decode).collect::<Option<_>>()?;
     let blob = rest.join("/");
     (!container.is_empty() && !blob.is_empty()).then_some((container, blob))
 }
