@@ -27,8 +27,9 @@ use crate::faults::Faults;
 use crate::fleet::{FleetStore, WorkerInfo};
 use crate::lifecycle::Lifecycle;
 use crate::maintenance::{
-    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, StatsRollup, StatsRollupConfig,
-    SupersededCleaner, SupersededCleanerConfig,
+    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, SourceRunCleaner,
+    SourceRunCleanerConfig, StatsRollup, StatsRollupConfig, SupersededCleaner,
+    SupersededCleanerConfig,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{Registry, noop_kind};
@@ -272,6 +273,13 @@ impl Application {
                 StatsRollup::new(
                     jobs.clone(),
                     StatsRollupConfig::from_settings(&settings.maintenance),
+                )
+                .run(maintenance.clone()),
+            );
+            tasks.spawn(
+                SourceRunCleaner::new(
+                    source_set.store().clone(),
+                    SourceRunCleanerConfig::from_settings(&settings.maintenance),
                 )
                 .run(maintenance.clone()),
             );

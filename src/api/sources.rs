@@ -320,9 +320,20 @@ pub async fn events(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let s = webhook_source(&state, &name, query.as_deref(), &headers)?.clone();
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                r.status(),
+                "payload_too_large",
+                format!("a delivery is at most {EVENTS_BODY_LIMIT} bytes"),
+            )
+        } else {
+            ApiError::new(r.status(), "bad_request", r.body_text())
+        }
+    })?;
     let events = eventgrid::parse(&body).map_err(|e| match e {
         eventgrid::ParseError::Json(m) => ApiError::new(
             StatusCode::BAD_REQUEST,

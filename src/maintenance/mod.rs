@@ -5,10 +5,12 @@
 
 mod job_cleaner;
 mod rescuer;
+mod source_runs;
 mod stats_rollup;
 mod superseded;
 
 pub use job_cleaner::{JobCleaner, JobCleanerConfig};
 pub use rescuer::{Rescuer, RescuerConfig};
+pub use source_runs::{SourceRunCleaner, SourceRunCleanerConfig};
 pub use stats_rollup::{StatsRollup, StatsRollupConfig};
 pub use superseded::{SupersededCleaner, SupersededCleanerConfig};

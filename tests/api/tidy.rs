@@ -86,6 +86,20 @@ fn only_the_stores_touch_sqlx() {
     check("no raw pool leaves the stores", STORES, "PgPool");
 }
 
+/// Sources decide slots, leases and ages on PostgreSQL's clock: a worker whose clock is wrong
+/// must change nothing (ADR 0012).
+#[test]
+fn sources_read_no_local_clock() {
+    for token in ["Utc::now(", "SystemTime::now(", "Local::now("] {
+        let offenders: Vec<String> = sources(&root().join("src/sources"))
+            .iter()
+            .filter(|p| code(p).contains(token))
+            .map(|p| rel(p))
+            .collect();
+        assert!(offenders.is_empty(), "`{token}` in {offenders:?}: use the database's now()");
+    }
+}
+
 #[test]
 fn no_store_hands_out_its_pool() {
     for token in ["pub fn pool(", "pub(crate) fn pool("] {
