@@ -175,6 +175,8 @@ const pages = [
   [/^\/jobs\/(\d+)$/, "jobs", jobDetail],
   [/^\/dead-letters$/, "dead-letters", deadLetters],
   [/^\/datasets$/, "datasets", datasets],
+  [/^\/sources$/, "sources", sources],
+  [/^\/sources\/([a-z0-9_-]+)$/, "sources", sourceDetail],
   [/^\/upload$/, "upload", upload],
 ];
 
@@ -821,6 +823,138 @@ async function datasets() {
     title: "Datasets",
     nodes: [h("h1", {}, "Datasets"), h("p", {}, "Cache counter: ", h("strong", { id: "cache-counter" }, String(d.cache_counter))), sections.length ? sections : h("p", {}, "No dataset has been promoted yet.")],
   };
+}
+
+// ---------------------------------------------------------------- sources
+
+function counts(r) {
+  return r ? `${r.listed} / ${r.new} / ${r.duplicate} / ${r.skipped}` : "";
+}
+
+function sourceState(s) {
+  if (!s.enabled) return "disabled";
+  if (s.paused) return "paused";
+  return s.listing_now ? "listing" : "active";
+}
+
+function sourceActions(s, base) {
+  const path = "/v1/sources/" + encodeURIComponent(s.name);
+  const out = [
+    action(base + "-tick", "Tick now", async () => {
+      const r = await api("POST", path + "/tick");
+      return `Listing of ${s.name} requested; a worker takes it through the slot (runs after #${r.after_run_id}).`;
+    }, { "aria-label": "List " + s.name + " now" }),
+  ];
+  if (s.paused) {
+    out.push(action(base + "-resume", "Resume", async () => {
+      await api("POST", path + "/resume");
+      return `Source ${s.name} resumed.`;
+    }, { "aria-label": "Resume " + s.name }));
+  } else {
+    out.push(action(base + "-pause", "Pause", async () => {
+      await api("POST", path + "/pause");
+      return `Source ${s.name} paused.`;
+    }, { "aria-label": "Pause " + s.name }));
+  }
+  return out;
+}
+
+async function sources() {
+  const d = await api("GET", "/v1/sources");
+  const rows = d.sources.map((s) =>
+    h(
+      "tr",
+      { "data-source": s.name },
+      h("td", {}, h("a", { href: "#/sources/" + s.name }, s.name)),
+      h("td", {}, s.kind),
+      h("td", {}, s.prefix),
+      h("td", {}, s.connector),
+      h("td", {}, [s.schedule || "on request", s.timezone ? " (" + s.timezone + ")" : ""].join("")),
+      h("td", {}, badge(sourceState(s))),
+      h("td", {}, fmtTime(s.next_tick)),
+      h("td", {}, s.last_run ? fmtTime(s.last_run.started_at) : ""),
+      h("td", { class: "num" }, counts(s.last_run)),
+      h("td", { class: "num" }, String(s.ledger_rows)),
+      h("td", { class: "actions" }, sourceActions(s, "source-" + s.name))
+    )
+  );
+  const live = h(
+    "div",
+    { "data-live": "" },
+    table("Sources", ["source", "kind", "prefix", "connector", "schedule", "state", "next tick", "last run", "listed / new / dup / skipped", "ledger", "actions"], rows, { id: "sources" })
+  );
+  return {
+    title: "Sources",
+    nodes: [h("h1", {}, "Sources"), h("p", {}, "Files that arrive by themselves: watched prefixes and Event Grid. Each blob version becomes one job."), live],
+    live,
+    refresh: REFRESH_MS,
+  };
+}
+
+async function sourceDetail(m, params) {
+  const name = m[1];
+  const path = "/v1/sources/" + encodeURIComponent(name);
+  const q = new URLSearchParams();
+  for (const k of ["found_by", "bu_id", "cursor"]) if (params.get(k)) q.set(k, params.get(k));
+  const [s, ledger] = await Promise.all([api("GET", path), api("GET", path + "/ledger?" + q)]);
+  const runs = s.runs.map((r) =>
+    h(
+      "tr",
+      { "data-run": r.id },
+      h("td", { class: "num" }, String(r.id)),
+      h("td", {}, r.trigger),
+      h("td", {}, fmtTime(r.slot)),
+      h("td", {}, r.worker_id || ""),
+      h("td", {}, r.outcome ? badge(r.outcome) : "running"),
+      h("td", { class: "num" }, counts(r)),
+      h("td", { class: "wrap" }, Object.entries(r.reasons || {}).map(([k, v]) => `${k}: ${v.count} (${v.examples.join(", ")})`).join("; ")),
+      h("td", { class: "wrap" }, r.error || "")
+    )
+  );
+  const entries = ledger.ledger.map((e) =>
+    h(
+      "tr",
+      { "data-ledger": e.id },
+      h("td", { class: "num" }, String(e.id)),
+      h("td", { class: "file-name" }, e.blob_key),
+      h("td", {}, e.etag),
+      h("td", { class: "num" }, String(e.size)),
+      h("td", {}, e.found_by),
+      h("td", {}, fmtTime(e.found_at)),
+      h("td", {}, e.bu_id),
+      h("td", {}, e.job_id === null ? "" : jobLink(e.job_id)),
+      h("td", {}, e.job_state ? badge(e.job_state) : ""),
+      h("td", { class: "num" }, fmtMs(e.lag_ms))
+    )
+  );
+  const nav = [];
+  if (ledger.next_cursor) {
+    const next = new URLSearchParams(q);
+    next.set("cursor", ledger.next_cursor);
+    nav.push(h("a", { href: "#/sources/" + name + "?" + next, id: "ledger-next" }, "Older »"));
+  }
+  const live = h(
+    "div",
+    { "data-live": "" },
+    h(
+      "dl",
+      { class: "facts" },
+      [
+        ["kind", s.kind],
+        ["prefix", s.prefix],
+        ["connector", s.connector],
+        ["schedule", (s.schedule || "on request") + (s.timezone ? " (" + s.timezone + ")" : "")],
+        ["state", sourceState(s)],
+        ["next tick", fmtTime(s.next_tick)],
+        ["ledger rows", String(s.ledger_rows)],
+      ].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])
+    ),
+    h("div", { class: "actions" }, sourceActions(s, "source")),
+    table("Ingest ledger, newest first", ["id", "blob", "etag", "bytes", "found by", "found at", "bu_id", "job", "job state", "lag"], entries, { id: "ledger" }),
+    h("nav", { class: "pager", "aria-label": "Ledger pages" }, nav),
+    table("Runs (listings and Event Grid deliveries), newest first", ["run", "trigger", "slot", "worker", "outcome", "listed / new / dup / skipped", "skipped because", "error"], runs, { id: "runs" })
+  );
+  return { title: "Source " + name, nodes: [h("h1", {}, "Source ", name), live], live, refresh: REFRESH_MS };
 }
 
 // ---------------------------------------------------------------- upload

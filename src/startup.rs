@@ -27,9 +27,8 @@ use crate::faults::Faults;
 use crate::fleet::{FleetStore, WorkerInfo};
 use crate::lifecycle::Lifecycle;
 use crate::maintenance::{
-    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, SourceRunCleaner,
-    SourceRunCleanerConfig, StatsRollup, StatsRollupConfig, SupersededCleaner,
-    SupersededCleanerConfig,
+    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, SourceRunCleaner, SourceRunCleanerConfig,
+    StatsRollup, StatsRollupConfig, SupersededCleaner, SupersededCleanerConfig,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{Registry, noop_kind};

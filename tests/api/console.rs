@@ -236,6 +236,55 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
     assert_accessible(&b, "datasets").await;
     b.shot("datasets").await;
 
+    // Sources: the embedded `inbox` example takes a file dropped under inbox/{bu_id}/ when
+    // Tick is clicked; its ledger row links to the job it became.
+    let dropped = app.db.blob_dir().join("inbox/BU-5000/tb.xlsx");
+    std::fs::create_dir_all(dropped.parent().unwrap()).unwrap();
+    std::fs::write(&dropped, sample_file("trial_balance.xlsx")).unwrap();
+    // Older than the source's min_age_ms: written and closed a minute ago.
+    std::fs::File::options()
+        .write(true)
+        .open(&dropped)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+    b.goto(&format!("{base}/#/sources")).await;
+    b.wait_find("tr[data-source=inbox]").await;
+    assert_accessible(&b, "sources").await;
+    b.click("#source-inbox-tick").await;
+    b.wait_text("#toast", |t| t.contains("Listing of inbox requested"))
+        .await;
+    b.goto(&format!("{base}/#/sources/inbox")).await;
+    let row = b.wait_find("#ledger tr[data-ledger]").await;
+    let text = row.text().await.unwrap();
+    assert!(
+        text.contains("inbox/BU-5000/tb.xlsx") && text.contains("watch"),
+        "{text}"
+    );
+    let job: i64 = b
+        .wait_js(
+            "the ledger row's job link",
+            "const a = document.querySelector('#ledger tr[data-ledger] a[data-job]'); return a ? a.dataset.job : null;",
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let owner: String = sqlx::query_scalar(
+        "SELECT payload->>'uploaded_by' FROM jobs WHERE id = $1 AND payload->>'bu_id' = 'BU-5000'",
+    )
+    .bind(job)
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(owner, "source:inbox");
+    b.wait_text("#ledger tr[data-ledger] .badge", |t| t == "succeeded")
+        .await;
+    b.wait_find("#runs tr[data-run]").await;
+    assert_accessible(&b, "source detail").await;
+    b.shot("source-detail").await;
+
     b.close().await;
     app.stop().await;
 }

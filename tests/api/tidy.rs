@@ -96,7 +96,10 @@ fn sources_read_no_local_clock() {
             .filter(|p| code(p).contains(token))
             .map(|p| rel(p))
             .collect();
-        assert!(offenders.is_empty(), "`{token}` in {offenders:?}: use the database's now()");
+        assert!(
+            offenders.is_empty(),
+            "`{token}` in {offenders:?}: use the database's now()"
+        );
     }
 }
 
