@@ -49,8 +49,12 @@ pub struct Candidate {
 /// Where a batch of candidates comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin {
-    /// A listing's page, under its run.
-    Listing { run_id: i64, found_by: FoundBy },
+    /// A listing's page, under its run, for its slot.
+    Listing {
+        run_id: i64,
+        found_by: FoundBy,
+        slot: DateTime<Utc>,
+    },
     /// One Event Grid delivery: its run row is written with the ledger rows.
     Delivery,
 }
@@ -135,9 +139,13 @@ impl Ingest {
                 fresh.push(c);
             }
         }
-        let (found_by, listing_run) = match origin {
-            Origin::Listing { run_id, found_by } => (found_by, Some(run_id)),
-            Origin::Delivery => (FoundBy::Eventgrid, None),
+        let (found_by, listing_run, slot) = match origin {
+            Origin::Listing {
+                run_id,
+                found_by,
+                slot,
+            } => (found_by, Some(run_id), Some(slot)),
+            Origin::Delivery => (FoundBy::Eventgrid, None, None),
         };
         if fresh_rows.is_empty() && listing_run.is_some() {
             return Ok(listing_run.unwrap_or_default());
@@ -190,6 +198,9 @@ impl Ingest {
                 });
                 if let Some(ev) = &c.event_id {
                     detail["event_id"] = json!(ev);
+                }
+                if let Some(slot) = slot {
+                    detail["slot"] = json!(slot);
                 }
                 Some(FoundBlob {
                     bu_id: c.bu_id.clone(),

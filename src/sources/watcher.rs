@@ -223,6 +223,7 @@ impl Watcher {
         let origin = Origin::Listing {
             run_id: claim.run_id,
             found_by: source.listing_found_by(),
+            slot: claim.slot,
         };
         let mut stream = self
             .blobs

@@ -27,7 +27,8 @@ async fn readme_examples_run_as_typed() {
     );
 
     // What the comments promise: job 1 the CLI upload, 2 the REST upload, 3 the blob-store
-    // job, 4 the upload that does not fit its connector; then 1,000 noop jobs.
+    // job, 4 the upload that does not fit its connector; then 1,000 noop jobs; then the file
+    // dropped into the `inbox` source, taken once however often it is listed.
     let jobs: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT id, state::text, payload->>'bu_id', payload->>'connector'
          FROM jobs WHERE kind = 'etl' ORDER BY id",
@@ -46,7 +47,22 @@ async fn readme_examples_run_as_typed() {
             (2, "BU-1000", "trial_balance"),
             (3, "BU-2000", "trial_balance"),
             (4, "BU-3000", "sap_fbl3n"),
+            (1005, "BU-4000", "trial_balance"),
         ],
+        "{transcript}"
+    );
+    let ledger: Vec<(String, String, Option<i64>)> =
+        sqlx::query_as("SELECT source, blob_key, job_id FROM ingest_ledger")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        ledger,
+        [(
+            "inbox".to_string(),
+            "inbox/BU-4000/tb.xlsx".to_string(),
+            Some(1005)
+        )],
         "{transcript}"
     );
     assert_eq!(jobs[0].1, "succeeded");
@@ -69,6 +85,7 @@ async fn readme_examples_run_as_typed() {
         "did you mean worker.concurrency?",
         "exit code 2",
         "is SafeToStop",
+        "inbox/BU-4000/tb.xlsx",
     ] {
         assert!(
             transcript.contains(expected),

@@ -321,10 +321,13 @@ async fn event_grid_deliveries_on_azurite_become_one_job_per_blob_version() {
         "PutBlockList"
     )])
     .to_string();
+    // Delivered while this process drains (deliveries are accepted like uploads), then again.
+    app.lifecycle().drain();
     for _ in 0..2 {
         let (s, _) = deliver(&app, "grid", Some(SECRET), "application/json", &ev2).await;
         assert_eq!(s, 200);
     }
+    app.lifecycle().resume();
     assert_eq!((count(&app, ledger).await, count(&app, jobs).await), (2, 2));
 
     // Both jobs run the real pipeline on Azurite; each names the source and its event.
@@ -378,6 +381,15 @@ async fn event_grid_deliveries_on_azurite_become_one_job_per_blob_version() {
     .await
     .unwrap();
     assert_eq!(found_by, "reconcile");
+    let (actor, slot): (String, Option<String>) = sqlx::query_as(
+        "SELECT a.actor, a.detail->>'slot' FROM audit_log a JOIN ingest_ledger l ON l.job_id = a.job_id
+          WHERE l.blob_key = 'incoming/BU-AZ2/missed.xlsx' AND a.action = 'source_ingest'",
+    )
+    .fetch_one(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(actor, "source:grid");
+    assert!(slot.is_some(), "a listing's job names its slot");
 
     // Paused: Event Grid is told to come back later, and nothing is recorded.
     let (s, _) = app.post("/v1/sources/grid/pause", json!({})).await;
@@ -598,5 +610,20 @@ async fn a_watch_source_lists_once_per_slot_skips_with_reasons_and_catches_up_on
     assert_eq!(dup_slots, 0, "a slot listed twice");
     let (_, v) = app.get("/v1/sources/gl").await;
     assert!(v["runs"].as_array().unwrap().len() >= 5, "{v}");
+
+    // Run retention deletes finished runs and keeps the ledger.
+    let cleaner = etlq::maintenance::SourceRunCleaner::new(
+        etlq::sources::SourceStore::new(&db.pools),
+        etlq::maintenance::SourceRunCleanerConfig {
+            interval: Duration::from_secs(3600),
+            retention: Duration::ZERO,
+        },
+    );
+    assert!(cleaner.clean_once().await.unwrap() >= 5);
+    let ledger: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_ledger WHERE source = 'gl'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger, 3);
     app.stop().await;
 }
