@@ -5,12 +5,21 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::etl::sample_file;
 use crate::helpers::*;
 
 const FILES: usize = 40;
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 fn env(db: &TestDb, version: &str) -> Vec<(String, String)> {
     let mut e = process_env(&db.url, version);
@@ -47,13 +56,19 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
         .collect();
 
     // The files arrive one a second, each written under a temporary name and renamed (as
-    // an ERP job would), spread over four business units.
+    // an ERP job would), spread over four business units. The writer stops when the test
+    // ends, panicking or not.
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let writer = {
         let dir = dir.clone();
         let tb = sample_file("trial_balance.xlsx");
+        let stop = stop.0.clone();
         tokio::task::spawn_blocking(move || {
             let mut keys = Vec::new();
             for i in 0..FILES {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let bu = format!("BU-{}", i % 4);
                 std::fs::create_dir_all(dir.join(&bu)).unwrap();
                 let tmp = dir.join(&bu).join(format!(".tb-{i}.tmp"));
@@ -110,6 +125,7 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
         tokio::time::sleep(Duration::from_secs(3)).await; // the deploy's pace
     }
     let keys = writer.await.unwrap();
+    assert_eq!(keys.len(), FILES);
 
     // Every file in the ledger once, each with its own job, each job succeeded.
     let ledger: Vec<(String, i64)> = wait_for(Duration::from_secs(90), "40 jobs done", || async {
@@ -173,4 +189,5 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
     .await
     .unwrap();
     assert_eq!(overlaps, 0);
+    drop(stop);
 }
