@@ -36,6 +36,18 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A page read with `limit + 1` rows, newest first: the rows shown and, when there were
+/// more, the cursor (the last row's id) of the next page.
+fn page<T>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<String>) {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(|r| id(r).to_string());
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
 fn source<'a>(state: &'a AppState, name: &str) -> Result<&'a Source, ApiError> {
     state.sources.get(name).ok_or_else(|| {
         ApiError::not_found(format!(
@@ -144,14 +156,9 @@ pub async fn ledger(
         before: parse_cursor(q.cursor.as_deref())?,
         limit: limit + 1,
     };
-    let mut rows = state.sources.store().ledger(&name, &filter).await?;
-    let next = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id.to_string())
-    });
-    Ok(axum::Json(
-        json!({"ledger": rows, "next_cursor": next.flatten()}),
-    ))
+    let rows = state.sources.store().ledger(&name, &filter).await?;
+    let (rows, next) = page(rows, limit, |r| r.id);
+    Ok(axum::Json(json!({"ledger": rows, "next_cursor": next})))
 }
 
 #[derive(Deserialize)]
@@ -168,18 +175,13 @@ pub async fn runs(
 ) -> Result<impl IntoResponse, ApiError> {
     source(&state, &name)?;
     let limit = parse_limit(q.limit)?;
-    let mut rows = state
+    let rows = state
         .sources
         .store()
         .runs(&name, parse_cursor(q.cursor.as_deref())?, limit + 1)
         .await?;
-    let next = (rows.len() as i64 > limit).then(|| {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id.to_string())
-    });
-    Ok(axum::Json(
-        json!({"runs": rows, "next_cursor": next.flatten()}),
-    ))
+    let (rows, next) = page(rows, limit, |r| r.id);
+    Ok(axum::Json(json!({"runs": rows, "next_cursor": next})))
 }
 
 /// Asks for a listing now. It runs in whichever worker process takes it first, through the

@@ -109,6 +109,17 @@ pub async fn wait_listing(pool: &sqlx::PgPool, source: &str, after: i64) -> Valu
     .await
 }
 
+/// Scheduled slots of any source that more than one listing took (must be none).
+pub async fn slots_listed_twice(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT slot FROM source_runs WHERE trigger = 'schedule'
+          GROUP BY source, slot HAVING count(*) > 1) d",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_grid_deliveries_on_azurite_become_one_job_per_blob_version() {
     let endpoint = std::env::var("ETLQ_TEST_AZURITE")
@@ -146,7 +157,7 @@ async fn event_grid_deliveries_on_azurite_become_one_job_per_blob_version() {
         }
     };
     let (runs, ledger, jobs) = (
-        "SELECT count(*) FROM source_runs",
+        "SELECT count(*) FROM source_runs WHERE source = 'grid'",
         "SELECT count(*) FROM ingest_ledger",
         "SELECT count(*) FROM jobs WHERE kind = 'etl'",
     );
@@ -334,6 +345,28 @@ async fn event_grid_deliveries_on_azurite_become_one_job_per_blob_version() {
     let (_, body) = app.get("/v1/sources/grid/ledger").await;
     let entries = body["ledger"].as_array().unwrap().clone();
     assert_eq!(entries.len(), 2, "{body}");
+    // Paged newest first, filters checked.
+    let (_, p1) = app.get("/v1/sources/grid/ledger?limit=1").await;
+    let cursor = p1["next_cursor"].as_str().unwrap().to_string();
+    let (_, p2) = app
+        .get(&format!("/v1/sources/grid/ledger?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(
+        (
+            p1["ledger"][0]["id"].clone(),
+            p2["ledger"][0]["id"].clone(),
+            p2["next_cursor"].clone()
+        ),
+        (
+            entries[0]["id"].clone(),
+            entries[1]["id"].clone(),
+            Value::Null
+        )
+    );
+    let (s, b) = app.get("/v1/sources/grid/ledger?found_by=magic").await;
+    assert_eq!(s, 400, "{b}");
+    let (s, _) = app.get("/v1/sources/nope/ledger").await;
+    assert_eq!(s, 404);
     for e in &entries {
         assert_eq!(e["found_by"], "eventgrid");
         let id = e["job_id"].as_i64().unwrap();
@@ -554,7 +587,7 @@ async fn a_watch_source_lists_once_per_slot_skips_with_reasons_and_catches_up_on
     app.lifecycle().resume();
     let resumed = wait_listing(&db.pool, "gl", before).await;
     let triggers: Vec<String> = sqlx::query_scalar(
-        "SELECT trigger FROM source_runs WHERE id > $1 AND id <= $2 ORDER BY id",
+        "SELECT trigger FROM source_runs WHERE source = 'gl' AND id > $1 AND id <= $2 ORDER BY id",
     )
     .bind(before)
     .bind(resumed["id"].as_i64().unwrap())
@@ -584,7 +617,7 @@ async fn a_watch_source_lists_once_per_slot_skips_with_reasons_and_catches_up_on
     let catch_up = wait_listing(&db.pool, "gl", last_before).await;
     let next = wait_listing(&db.pool, "gl", catch_up["id"].as_i64().unwrap()).await;
     let slots: Vec<(String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT trigger, slot FROM source_runs WHERE id > $1 AND id <= $2 ORDER BY id",
+        "SELECT trigger, slot FROM source_runs WHERE source = 'gl' AND id > $1 AND id <= $2 ORDER BY id",
     )
     .bind(last_before)
     .bind(next["id"].as_i64().unwrap())
@@ -600,14 +633,7 @@ async fn a_watch_source_lists_once_per_slot_skips_with_reasons_and_catches_up_on
         slots[1].1 >= restarted_at,
         "then the schedule goes on from now: {slots:?}"
     );
-    let dup_slots: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT slot FROM source_runs WHERE trigger = 'schedule'
-          GROUP BY source, slot HAVING count(*) > 1) d",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(dup_slots, 0, "a slot listed twice");
+    assert_eq!(slots_listed_twice(&db.pool).await, 0);
     let (_, v) = app.get("/v1/sources/gl").await;
     assert!(v["runs"].as_array().unwrap().len() >= 5, "{v}");
 

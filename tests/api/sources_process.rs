@@ -161,14 +161,7 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
     .await
     .unwrap();
     assert_eq!(cut, 1);
-    let twice: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT slot FROM source_runs WHERE trigger = 'schedule'
-          GROUP BY source, slot HAVING count(*) > 1) d",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(twice, 0);
+    assert_eq!(crate::sources::slots_listed_twice(&db.pool).await, 0);
     let after_cut: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM source_runs r WHERE r.source = 'flood' AND r.outcome = 'ok'
             AND r.worker_id <> $1
