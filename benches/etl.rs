@@ -5,7 +5,7 @@
 //!   RSS is its own (VmHWM);
 //! - the floor for one pass over the file: inflate the sheet and the shared strings and
 //!   tokenize their XML, building nothing;
-//! - the same file read by python-calamine and openpyxl (row count only, as in PERF.md), in the
+//! - the same file read by python-calamine and openpyxl (row count only, as the peer kit measures them), in the
 //!   same run, when `ETLQ_BENCH_PYTHON` names a Python that has them (scripts/bench-etl sets
 //!   that up);
 //! - upload → promoted wall time through a release `etlq serve` with the embedded defaults

@@ -22,7 +22,7 @@ use serde_json::Value;
 use common::{median, start_server, upload, wait_promoted};
 
 /// Request units per 1 KB document write (Microsoft's published figure for an insert/upsert
-/// with default indexing; DECISIONS.md D3).
+/// with default indexing; ADR 0013).
 const RU_PER_KB_WRITE: f64 = 5.5;
 const EMULATOR_KEY: &str =
     "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";

@@ -3,7 +3,7 @@
 # fault-injection endpoint) and ETLQ_TEST_COSMOS_NODE_PATH (where the server package is, so a
 # test that injects faults can start a private emulator). Order: both variables as given; else @vercel/cosmosdb-server
 # from npm (installed once into $ETLQ_CACHE, default ~/.cache/etlq) behind our shim
-# (scripts/cosmos-emulator/shim.cjs, DECISIONS.md D3), started on free loopback ports, in
+# (scripts/cosmos-emulator/shim.cjs, ADR 0013), started on free loopback ports, in
 # memory, and stopped by stop_cosmos.
 
 COSMOS_SERVER_VERSION=${COSMOS_SERVER_VERSION:-1.0.1}

@@ -359,7 +359,7 @@ impl BlobWriter {
     }
 }
 
-/// `object_store` cannot create containers (DECISIONS D2), so this is the one request etlq
+/// `object_store` cannot create containers (ADR 0004), so this is the one request etlq
 /// signs itself: Create Container with a SharedKey signature.
 mod azure_container {
     use base64::Engine;

@@ -1,5 +1,5 @@
 // A local Cosmos DB (NoSQL API) emulator for etlq's tests: @vercel/cosmosdb-server (npm) with
-// the two adjustments the official Rust SDK needs (DECISIONS.md D3), plus fault injection.
+// the two adjustments the official Rust SDK needs (ADR 0013), plus fault injection.
 //
 //   node shim.cjs --port 8081 --admin-port 8082
 //

@@ -1,5 +1,5 @@
 //! The Azure Cosmos DB (NoSQL API) sink, through the official SDK (`azure_data_cosmos`, a
-//! beta pinned exactly; DECISIONS.md D3). Layout and costs: ADR 0008; readers: docs/cosmos.md.
+//! beta pinned exactly; ADR 0013). Layout and costs: ADR 0008; readers: docs/cosmos.md.
 //!
 //! - Dataset documents go to `sink.cosmos.container`, partition key `/pk` =
 //!   `{bu_id}|{connector}|{version}|{bucket}`, the bucket taken from the document id, so one
@@ -148,7 +148,7 @@ impl CosmosSink {
         let mut builder = CosmosClient::builder();
         if s.emulator {
             // The local emulator: a self-signed certificate (accepted for loopback hosts only),
-            // HTTP/1.1, and no binary encoding (DECISIONS.md D3).
+            // HTTP/1.1, and no binary encoding (ADR 0013).
             let pool = ConnectionPoolOptions::builder()
                 .with_is_http2_allowed(false)
                 .with_server_certificate_validation(

@@ -1,5 +1,5 @@
 //! The Cosmos DB sink against a local emulator (a real HTTP server speaking the Cosmos REST
-//! protocol, started by scripts/test; DECISIONS.md D3): uploads end to end, kill -9 inside
+//! protocol, started by scripts/test; ADR 0013): uploads end to end, kill -9 inside
 //! sync and promote, an emulator outage, throttling, a refused key, a missing container, and
 //! the cleaner removing a superseded version.
 

@@ -103,6 +103,81 @@ fn sources_read_no_local_clock() {
     }
 }
 
+/// Everything the repository cites lives in it: someone who clones it has no `../shared`.
+/// The one exception is the peer benchmark kit, an input `scripts/bench-vs-peers` documents.
+#[test]
+fn the_repository_cites_only_itself() {
+    let repo = root();
+    let mut files = vec![
+        repo.join("ARCHITECTURE.md"),
+        repo.join("README.md"),
+        repo.join("Cargo.toml"),
+    ];
+    for dir in [
+        "src",
+        "docs",
+        "scripts",
+        "tests",
+        "benches",
+        "config",
+        "migrations",
+        "sql",
+        "console",
+        "examples",
+    ] {
+        let mut stack = vec![repo.join(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if !p.ends_with("node_modules") {
+                        stack.push(p);
+                    }
+                } else if p.file_name().is_some_and(|n| n != "tidy.rs") {
+                    files.push(p);
+                }
+            }
+        }
+    }
+    let allowed = |p: &Path, line: &str| {
+        line.contains("../shared/peers")
+            && (p.ends_with("scripts/bench-vs-peers") || p.ends_with("docs/benchmarks.md"))
+    };
+    let mut offenders = Vec::new();
+    for p in &files {
+        let Ok(text) = std::fs::read_to_string(p) else {
+            continue; // binary fixtures
+        };
+        for (i, line) in text.lines().enumerate() {
+            let cites = [
+                "../shared",
+                "shared/",
+                "DECISIONS.md",
+                "DECISIONS D",
+                "PERF.md",
+                "SPEC.md",
+            ]
+            .iter()
+            .any(|t| line.contains(t));
+            if cites && !allowed(p, line) {
+                offenders.push(format!(
+                    "{}:{}",
+                    p.strip_prefix(&repo).unwrap().display(),
+                    i + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        offenders.len() < files.len() && files.len() > 100,
+        "the walk found the repository's files"
+    );
+    assert!(
+        offenders.is_empty(),
+        "these cite files outside the repository (put what they need in docs/): {offenders:?}"
+    );
+}
+
 #[test]
 fn no_store_hands_out_its_pool() {
     for token in ["pub fn pool(", "pub(crate) fn pool("] {
