@@ -1,5 +1,5 @@
 //! A watch source under real processes: three workers list one prefix while 40 files arrive
-//! over 40 seconds, every process is drained and replaced in turn (a rolling deploy), and one
+//! over a minute, every process is drained and replaced in turn (a rolling deploy), and one
 //! is killed with SIGKILL in the middle of a listing. Every file becomes exactly one job and
 //! every job succeeds.
 
@@ -55,7 +55,7 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
         .map(|_| spawn_process("worker", &env(&db, "v1")))
         .collect();
 
-    // The files arrive one a second, each written under a temporary name and renamed (as
+    // The files arrive one every 1.5 s (40 over a minute), each written under a temporary name and renamed (as
     // an ERP job would), spread over four business units. The writer stops when the test
     // ends, panicking or not.
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
@@ -75,7 +75,7 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
                 std::fs::write(&tmp, &tb).unwrap();
                 std::fs::rename(&tmp, dir.join(&bu).join(format!("tb-{i}.xlsx"))).unwrap();
                 keys.push(format!("incoming/{bu}/tb-{i}.xlsx"));
-                std::thread::sleep(Duration::from_millis(1000));
+                std::thread::sleep(Duration::from_millis(1500));
             }
             keys
         })
