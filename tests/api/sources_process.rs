@@ -55,9 +55,9 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
         .map(|_| spawn_process("worker", &env(&db, "v1")))
         .collect();
 
-    // The files arrive one every 1.5 s (40 over a minute), each written under a temporary name and renamed (as
-    // an ERP job would), spread over four business units. The writer stops when the test
-    // ends, panicking or not.
+    // The files arrive one every 1.5 s (40 over a minute), each written under a temporary
+    // name and renamed (as an ERP job would), spread over four business units. The writer
+    // stops when the test ends, panicking or not.
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let writer = {
         let dir = dir.clone();
