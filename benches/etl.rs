@@ -14,6 +14,16 @@
 //!   of the 200k file at once (month-end close). Each scenario gets a fresh server, so each
 //!   peak RSS is that scenario's own.
 //!
+//! Bring-your-own extractors and text formats (issue 17), same run:
+//! - upload → promoted through the shipped Python extractor on openpyxl
+//!   (`examples/extractors/fbl3n_openpyxl.py`) vs the built-in connector on the same file:
+//!   etlq's own overhead on top of the script (mapping + sync + verify + promote) as a share
+//!   of the script's time;
+//! - a 200k-row `;` CSV of the same lines: etlq extract vs Python's `csv` module and polars'
+//!   `read_csv` (when installable from PyPI);
+//! - a 1,000,000-record JSON document (an extractor's output) mapped through the records
+//!   reader: time and peak RSS (bounded: streamed, one record at a time).
+//!
 //! Run with `scripts/bench-etl`.
 
 mod common;
@@ -73,8 +83,14 @@ fn python_peer(python: &str, reader: &str, file: &Path) -> Option<f64> {
         "python-calamine" => {
             "import sys,time\nfrom python_calamine import CalamineWorkbook\nt=time.perf_counter()\nwb=CalamineWorkbook.from_path(sys.argv[1])\nn=sum(1 for _ in wb.get_sheet_by_name('GL').iter_rows())\nprint(time.perf_counter()-t, n)"
         }
-        _ => {
+        "openpyxl" => {
             "import sys,time\nimport openpyxl\nt=time.perf_counter()\nwb=openpyxl.load_workbook(sys.argv[1], read_only=True)\nn=sum(1 for _ in wb['GL'].iter_rows(values_only=True))\nprint(time.perf_counter()-t, n)"
+        }
+        "csv" => {
+            "import csv,sys,time\nt=time.perf_counter()\nwith open(sys.argv[1], newline='', encoding='utf-8') as f:\n    n=sum(1 for _ in csv.reader(f, delimiter=';'))\nprint(time.perf_counter()-t, n)"
+        }
+        _ => {
+            "import sys,time\nimport polars as pl\nt=time.perf_counter()\ndf=pl.read_csv(sys.argv[1], separator=';', skip_rows=2, infer_schema_length=0)\nprint(time.perf_counter()-t, df.height)"
         }
     };
     let out = Command::new(python)
@@ -115,6 +131,118 @@ fn floor_once(file: &Path) {
     println!("{} {events}", started.elapsed().as_secs_f64());
 }
 
+/// The 200k lines as an ERP's `;` CSV with German numbers and dates (what the sap_fbl3n
+/// connector reads from the workbook), title lines included.
+fn gl_csv(lines: &[samples::GlLine]) -> String {
+    let mut out = String::from("G/L Account Line Item Display\n\n");
+    out.push_str(&samples::GL_HEADERS.join(";"));
+    out.push('\n');
+    for l in lines {
+        let amount = l.amount.to_string().replace('.', ",");
+        let text = l.text.clone().unwrap_or_default();
+        let text = if text.contains([';', '"']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        };
+        out.push_str(&format!(
+            "{};{};{};{};{};{};{};{};{}\n",
+            l.company_code,
+            l.gl_account,
+            l.document,
+            l.line_item,
+            l.posting_date.format("%d.%m.%Y"),
+            l.document_type,
+            amount,
+            l.currency,
+            text
+        ));
+    }
+    out
+}
+
+/// Child mode: one extract of a text file (CSV) or, with `json`, of a command extractor's
+/// JSON output through the records reader; prints "secs records peak_kb".
+fn extract_text_once(file: &Path, json: bool) {
+    use etlq::etl::parse::parse_rows;
+    use etlq::etl::workbook::SheetReader;
+    use etlq::etl::workbook::records::{Records, RecordsFormat};
+    let settings = Settings::defaults();
+    let connectors = settings.connectors().unwrap();
+    let connector = &connectors["sap_fbl3n"];
+    let started = Instant::now();
+    let mut records = std::io::sink();
+    let out = if json {
+        let headers: Vec<String> = connector
+            .spec
+            .columns
+            .iter()
+            .map(|c| c.header.clone())
+            .collect();
+        let input = Box::new(std::fs::File::open(file).unwrap());
+        let sheet = SheetReader::records(Records::new(
+            input,
+            RecordsFormat::Json,
+            Some("rows"),
+            &headers,
+        ));
+        parse_rows(
+            connector,
+            sheet,
+            "BU-BENCH",
+            &mut records,
+            &AtomicUsize::new(0),
+            &|| false,
+            None,
+        )
+    } else {
+        let bytes = std::fs::read(file).unwrap();
+        parse_workbook(
+            connector,
+            bytes,
+            "BU-BENCH",
+            settings.etl.max_inflated_bytes,
+            &mut records,
+            &AtomicUsize::new(0),
+            &|| false,
+        )
+    }
+    .unwrap()
+    .unwrap();
+    println!(
+        "{} {} {}",
+        started.elapsed().as_secs_f64(),
+        out.report.records,
+        vm_hwm_kb("self")
+    );
+}
+
+/// `n` G/L records as a JSON document `{"rows": [...]}`, as an extractor writes them.
+fn gl_json(path: &Path, n: usize) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write!(f, "{{\"source\": \"bench\", \"rows\": [").unwrap();
+    for i in 0..n {
+        if i > 0 {
+            f.write_all(b",").unwrap();
+        }
+        write!(
+            f,
+            "{{\"Company Code\": \"1000\", \"G/L Account\": {}, \"Document Number\": \"19{:08}\", \"Line Item\": {}, \"Posting Date\": \"2025-{:02}-{:02} 00:00:00\", \"Document Type\": \"SA\", \"Amount in LC\": {}.{:02}, \"Currency\": \"EUR\", \"Text\": \"line {i}\"}}",
+            400000 + (i / 50) * 10,
+            i / 3,
+            i % 3 + 1,
+            i % 12 + 1,
+            i % 28 + 1,
+            (i as i64 * 7919) % 100_000 - 50_000,
+            i % 100
+        )
+        .unwrap();
+    }
+    f.write_all(b"]}").unwrap();
+    f.flush().unwrap();
+}
+
 /// Runs this benchmark binary in `mode` on `file` in a child; returns its numbers.
 fn child_numbers(mode: &str, file: &Path) -> Vec<f64> {
     let out = Command::new(std::env::current_exe().unwrap())
@@ -148,21 +276,33 @@ struct Scenario {
     server_peak_mb: f64,
     child_peak_mb: f64,
     stages: String,
+    /// A command extractor's own time (median), from the extract report.
+    script_ms: Option<f64>,
 }
 
 /// Starts a fresh server on a fresh database, uploads `bytes` `batches.len()` times (each
 /// batch = that many uploads at once, waited for together), then stops it.
-fn scenario(bin: &Path, server_url: &str, dir: &Path, bytes: &[u8], batches: &[usize]) -> Scenario {
+fn scenario(
+    bin: &Path,
+    server_url: &str,
+    dir: &Path,
+    bytes: &[u8],
+    batches: &[usize],
+    extra_env: &[(String, String)],
+) -> Scenario {
     let name = format!("etlq_bench_etl_{}", std::process::id());
     let db_url = format!("{server_url}/{name}");
-    let blobs = dir.join(format!("blobs-{}", batches.len() * 1000 + batches[0]));
-    let server = start_server(
-        bin,
-        &[
-            ("DATABASE_URL".into(), db_url.clone()),
-            ("ETLQ__BLOB__URL".into(), blobs.display().to_string()),
-        ],
-    );
+    let blobs = dir.join(format!(
+        "blobs-{}-{}",
+        batches.len() * 1000 + batches[0],
+        extra_env.len()
+    ));
+    let mut env = vec![
+        ("DATABASE_URL".into(), db_url.clone()),
+        ("ETLQ__BLOB__URL".into(), blobs.display().to_string()),
+    ];
+    env.extend_from_slice(extra_env);
+    let server = start_server(bin, &env);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
     let mut walls = Vec::new();
@@ -200,6 +340,14 @@ fn scenario(bin: &Path, server_url: &str, dir: &Path, bytes: &[u8], batches: &[u
     .parse::<f64>()
     .unwrap_or(0.0)
         / 1024.0;
+    let script_ms = psql(
+        &db_url,
+        &format!(
+            "SELECT round(percentile_disc(0.5) WITHIN GROUP (ORDER BY (checkpoint->'extract'->'report'->'extractor'->>'millis')::bigint)) FROM jobs WHERE id IN ({list})"
+        ),
+    )
+    .parse::<f64>()
+    .ok();
     let stages = psql(
         &db_url,
         &format!(
@@ -218,6 +366,7 @@ fn scenario(bin: &Path, server_url: &str, dir: &Path, bytes: &[u8], batches: &[u
         server_peak_mb,
         child_peak_mb,
         stages,
+        script_ms,
     }
 }
 
@@ -236,6 +385,14 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--floor-once") {
         floor_once(Path::new(&args[i + 1]));
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--csv-once") {
+        extract_text_once(Path::new(&args[i + 1]), false);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--json-once") {
+        extract_text_once(Path::new(&args[i + 1]), true);
         return;
     }
     let runs: usize = std::env::var("ETLQ_BENCH_RUNS")
@@ -312,7 +469,63 @@ fn main() {
             .unwrap_or_default()
     };
 
-    let one = scenario(&bin, &server_url, dir.path(), &sample.bytes, &vec![1; runs]);
+    // CSV: the same lines as an ERP's `;` CSV, etlq extract vs Python's csv and polars.
+    let csv_file = dir.path().join("gl-200k.csv");
+    std::fs::write(&csv_file, gl_csv(&sample.lines)).unwrap();
+    let (mut csv_times, mut csv_peaks) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let f = child_numbers("--csv-once", &csv_file);
+        assert_eq!(
+            f[1] as usize,
+            sample.lines.len(),
+            "every CSV line extracted"
+        );
+        csv_times.push(f[0]);
+        csv_peaks.push(f[2] / 1024.0);
+    }
+    let csv_extract = median(csv_times);
+    println!(
+        "etlq extract, 200k-row CSV ({:.1} MB): median {csv_extract:.3} s, peak RSS {:.0} MB",
+        std::fs::metadata(&csv_file).unwrap().len() as f64 / 1e6,
+        median(csv_peaks)
+    );
+    if let Ok(python) = std::env::var("ETLQ_BENCH_PYTHON") {
+        for reader in ["csv", "polars"] {
+            let t: Vec<f64> = (0..runs)
+                .filter_map(|_| python_peer(&python, reader, &csv_file))
+                .collect();
+            if t.is_empty() {
+                println!("{reader}: not available in the bench venv");
+                continue;
+            }
+            let m = median(t);
+            println!(
+                "Python {reader} (rows as text, untyped): median {m:.3} s → etlq's typed extract is {:.2}× its time",
+                csv_extract / m
+            );
+        }
+    }
+    // A command extractor's 1,000,000-record JSON output through the records reader.
+    let json_file = dir.path().join("gl-1m.json");
+    gl_json(&json_file, 1_000_000);
+    let f = child_numbers("--json-once", &json_file);
+    println!(
+        "records reader, 1,000,000-record JSON ({:.0} MB): {:.2} s, {} records, peak RSS {:.0} MB",
+        std::fs::metadata(&json_file).unwrap().len() as f64 / 1e6,
+        f[0],
+        f[1],
+        f[2] / 1024.0
+    );
+    std::fs::remove_file(&json_file).unwrap();
+
+    let one = scenario(
+        &bin,
+        &server_url,
+        dir.path(),
+        &sample.bytes,
+        &vec![1; runs],
+        &[],
+    );
     let wall = median(one.walls.clone());
     println!(
         "upload → promoted, 200k: median {wall:.2} s of {runs} (runs: {}){}; stages (median): {}; server peak RSS {:.0} MB, extract child {:.0} MB",
@@ -323,7 +536,46 @@ fn main() {
         one.child_peak_mb
     );
 
-    let eight = scenario(&bin, &server_url, dir.path(), &sample.bytes, &[8]);
+    // The shipped Python extractor (openpyxl) as the sap_fbl3n connector's extractor.
+    if let Ok(python) = std::env::var("ETLQ_BENCH_PYTHON") {
+        let config = dir.path().join("gl-python.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[connectors.sap_fbl3n]\nextractor = {{ command = [{:?}, {:?}, \"{{input}}\", \"{{output}}\"], records = \"rows\", timeout_ms = 3600000, memory_limit_mb = 8192 }}\n",
+                python,
+                format!("{}/examples/extractors/fbl3n_openpyxl.py", env!("CARGO_MANIFEST_DIR"))
+            ),
+        )
+        .unwrap();
+        let py = scenario(
+            &bin,
+            &server_url,
+            dir.path(),
+            &sample.bytes,
+            &[1],
+            &[("ETLQ_CONFIG".into(), config.display().to_string())],
+        );
+        let wall = py.walls[0];
+        match py.script_ms {
+            Some(script_ms) => {
+                let script = script_ms / 1000.0;
+                println!(
+                    "upload → promoted, 200k through the Python extractor (openpyxl): {wall:.2} s, of which the script {script:.2} s; etlq's own part (staging, mapping, sync, verify, promote) {:.2} s = {:.0}% of the script's time; built-in connector: {:.2} s; stages: {}",
+                    wall - script,
+                    100.0 * (wall - script) / script,
+                    median(one.walls.clone()),
+                    py.stages
+                );
+            }
+            None => println!(
+                "the Python extractor run did not report its time: {}",
+                py.stages
+            ),
+        }
+    }
+
+    let eight = scenario(&bin, &server_url, dir.path(), &sample.bytes, &[8], &[]);
     println!(
         "8 uploads of the 200k file at once: all promoted in {:.2} s; stages (median): {}; server peak RSS {:.0} MB, extract child {:.0} MB",
         eight.walls[0], eight.stages, eight.server_peak_mb, eight.child_peak_mb
@@ -336,7 +588,7 @@ fn main() {
             big.lines.len(),
             big.bytes.len() as f64 / 1e6
         );
-        let m = scenario(&bin, &server_url, dir.path(), &big.bytes, &[1]);
+        let m = scenario(&bin, &server_url, dir.path(), &big.bytes, &[1], &[]);
         println!(
             "upload → promoted, 1M: {:.2} s; stages: {}; server peak RSS {:.0} MB, extract child {:.0} MB",
             m.walls[0], m.stages, m.server_peak_mb, m.child_peak_mb

@@ -962,19 +962,84 @@ async function sourceDetail(m, params) {
 async function upload() {
   const conns = await connectors();
   const status = h("div", { id: "upload-status", "aria-live": "polite" });
+  const panel = h("section", { id: "preview", "aria-live": "polite" });
+  const previewButton = h("button", { type: "button", id: "u-preview" }, "Preview");
   const form = h(
     "form",
     { id: "upload-form", class: "upload" },
-    field("u-file", "Workbook (.xlsx, .xls, .ods)", h("input", { id: "u-file", name: "file", type: "file", required: true, accept: ".xlsx,.xlsm,.xls,.xlsb,.ods" })),
+    field("u-file", "Export (workbook, CSV/TSV, HTML table)", h("input", { id: "u-file", name: "file", type: "file", required: true, accept: ".xlsx,.xlsm,.xls,.xlsb,.ods,.csv,.tsv,.txt,.htm,.html" })),
     field("u-bu", "bu_id", h("input", { id: "u-bu", name: "bu_id", required: true, size: 12 })),
-    field("u-connector", "Connector", h("select", { id: "u-connector", name: "connector", required: true }, conns.map((c) => h("option", { value: c.name }, c.name)))),
-    h("div", { class: "field buttons" }, h("button", { type: "submit", id: "u-submit" }, "Upload"))
+    field("u-connector", "Connector", h("select", { id: "u-connector", name: "connector", required: true }, conns.map((c) => h("option", { value: c.name }, `${c.name} (${c.kind})`)))),
+    h("div", { class: "field buttons" }, previewButton, " ", h("button", { type: "submit", id: "u-submit" }, "Upload"))
   );
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     sendUpload(form, status);
   });
-  return { title: "Upload", nodes: [h("h1", {}, "Upload a workbook"), form, status] };
+  previewButton.addEventListener("click", () => preview(form, panel, previewButton));
+  return { title: "Upload", nodes: [h("h1", {}, "Upload an export"), form, status, panel] };
+}
+
+// What the upload would give, before any job: nothing is stored (POST …/preview).
+async function preview(form, panel, button) {
+  const file = form.querySelector("#u-file").files[0];
+  const name = form.querySelector("#u-connector").value;
+  if (!file) {
+    panel.replaceChildren(h("p", { id: "preview-verdict", class: "error" }, "Choose a file to preview first."));
+    return;
+  }
+  const data = new FormData();
+  data.append("file", file, file.name);
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = "Bearer " + token();
+  button.disabled = true;
+  panel.replaceChildren(h("p", { id: "preview-verdict" }, "Previewing…"));
+  let p;
+  try {
+    const resp = await fetch("/v1/connectors/" + encodeURIComponent(name) + "/preview", { method: "POST", headers, body: data, credentials: "omit" });
+    let body = null;
+    try {
+      body = await resp.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!resp.ok) throw apiError(resp.status, body);
+    p = body;
+  } catch (e) {
+    panel.replaceChildren(h("p", { id: "preview-verdict", class: "error" }, e.message));
+    return;
+  } finally {
+    button.disabled = false;
+  }
+  const f = p.format || {};
+  const facts = [
+    ["format", [f.format, f.encoding, f.delimiter && "delimiter " + JSON.stringify(f.delimiter)].filter(Boolean).join(", ") || "—"],
+    ["sheet", p.sheet || "—"],
+    ["header row", p.header_row ? String(p.header_row) : "not found"],
+    ["records", String(p.records)],
+    ["rejected", `${p.rejected_rows} (${(100 * p.rejected_ratio).toFixed(1)}% of at most ${(100 * p.max_rejected_ratio).toFixed(1)}%)`],
+  ];
+  const cols = (p.columns || []).map((c) =>
+    h(
+      "tr",
+      {},
+      h("td", {}, c.name),
+      h("td", {}, c.header),
+      h("td", {}, c.column ? `${c.column}: ${c.found}` : c.required ? h("strong", { class: "error" }, "missing") : "absent (optional)"),
+      h("td", {}, c.nearest ? "nearest: " + c.nearest : "")
+    )
+  );
+  const names = (p.columns || []).map((c) => c.name);
+  const rows = (p.rows || []).map((r) => h("tr", {}, names.map((n) => h("td", {}, r[n] === null || r[n] === undefined ? "" : String(r[n])))));
+  const rejections = (p.rejections || []).map((r) => h("tr", {}, h("td", {}, String(r.row)), h("td", {}, r.column), h("td", {}, r.value), h("td", {}, r.reason)));
+  panel.replaceChildren(
+    h("h2", {}, "Preview with ", p.connector),
+    h("p", { id: "preview-verdict", class: p.would_succeed ? "ok" : "error" }, p.verdict),
+    h("dl", { class: "facts", id: "preview-facts" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    table("Which header matched which column", ["column", "header", "found", ""], cols, { id: "preview-columns" }),
+    table(`First ${rows.length} records, typed`, names, rows, { id: "preview-rows" }),
+    table(`First ${rejections.length} rejections`, ["row", "column", "value", "reason"], rejections, { id: "preview-rejections" })
+  );
 }
 
 // XMLHttpRequest, not fetch: it reports upload progress.

@@ -15,6 +15,7 @@ mod health;
 mod job_actions;
 mod jobs;
 mod lifecycle;
+mod preview;
 pub mod server;
 mod sources;
 mod stats;
@@ -132,6 +133,8 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         let upload_timeout = Duration::from_millis(api.upload_timeout_ms);
         let uploads = Router::new()
             .route("/v1/uploads", post(uploads::upload))
+            .route("/v1/connectors/preview", post(preview::draft))
+            .route("/v1/connectors/{name}/preview", post(preview::named))
             .layer(DefaultBodyLimit::max(limit as usize))
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

@@ -12,7 +12,8 @@ pub async fn stats(State(state): State<AppState>) -> Result<impl IntoResponse, A
     Ok(axum::Json(state.jobs.stats().await?))
 }
 
-/// The configured connectors with their sheet, header and columns, in name order.
+/// The configured connectors with their kind (sheet, csv, html, command), sheet, header and
+/// columns, in name order.
 pub async fn connectors(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let list: Vec<Value> = state
         .etl
@@ -21,6 +22,13 @@ pub async fn connectors(State(state): State<AppState>) -> Result<impl IntoRespon
         .map(|c| {
             let mut v = serde_json::to_value(&c.spec).unwrap_or(Value::Null);
             v["name"] = json!(c.name);
+            v["kind"] = json!(c.kind());
+            // An extractor's environment may hold credentials: its names only.
+            if let Some(env) = v.pointer_mut("/extractor/env")
+                && let Some(map) = env.as_object()
+            {
+                *env = json!(map.keys().collect::<Vec<_>>());
+            }
             v
         })
         .collect();

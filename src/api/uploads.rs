@@ -20,7 +20,7 @@ use super::extractors::Multipart;
 use super::jobs::accepted;
 use crate::etl::BlobKey;
 use crate::etl::submit::{self, Submission, SubmitError};
-use crate::etl::workbook::sniff;
+use crate::etl::workbook::{SNIFF_BYTES, sniff};
 use crate::queue::Actor;
 use crate::storage::BlobStore;
 
@@ -28,7 +28,7 @@ use crate::storage::BlobStore;
 const MAX_FIELD_BYTES: usize = 1024;
 const WORKBOOK_EXTENSIONS: [&str; 5] = ["xlsx", "xlsm", "xlsb", "xls", "ods"];
 
-fn too_large(max: u64) -> ApiError {
+pub(super) fn too_large(max: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "payload_too_large",
@@ -36,7 +36,7 @@ fn too_large(max: u64) -> ApiError {
     )
 }
 
-fn multipart_error(e: MultipartError) -> ApiError {
+pub(super) fn multipart_error(e: MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -47,7 +47,7 @@ fn multipart_error(e: MultipartError) -> ApiError {
     ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
 }
 
-fn stalled(pause: Duration) -> ApiError {
+pub(super) fn stalled(pause: Duration) -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         "request_timeout",
@@ -91,7 +91,7 @@ impl Drop for StoredGuard {
     }
 }
 
-async fn next_chunk(
+pub(super) async fn next_chunk(
     field: &mut Field<'_>,
     pause: Duration,
 ) -> Result<Option<bytes::Bytes>, ApiError> {
@@ -101,20 +101,31 @@ async fn next_chunk(
         .map_err(multipart_error)
 }
 
-async fn text_field(mut field: Field<'_>, pause: Duration) -> Result<String, ApiError> {
+pub(super) async fn text_field(field: Field<'_>, pause: Duration) -> Result<String, ApiError> {
+    read_field(field, pause, MAX_FIELD_BYTES, false).await
+}
+
+/// A text field of up to `max` bytes; `lines`: line breaks allowed (a TOML document).
+pub(super) async fn read_field(
+    mut field: Field<'_>,
+    pause: Duration,
+    max: usize,
+    lines: bool,
+) -> Result<String, ApiError> {
     let name = field.name().unwrap_or_default().to_string();
     let mut buf = Vec::new();
     while let Some(chunk) = next_chunk(&mut field, pause).await? {
         buf.extend_from_slice(&chunk);
-        if buf.len() > MAX_FIELD_BYTES {
+        if buf.len() > max {
             return Err(ApiError::bad_request(format!(
-                "field {name} is longer than {MAX_FIELD_BYTES} bytes"
+                "field {name} is longer than {max} bytes"
             )));
         }
     }
     let text = String::from_utf8(buf)
         .map_err(|_| ApiError::bad_request(format!("field {name} is not UTF-8 text")))?;
-    if text.chars().any(|c| c.is_control() && c != '\t') {
+    let allowed = |c: char| c == '\t' || (lines && (c == '\n' || c == '\r'));
+    if text.chars().any(|c| c.is_control() && !allowed(c)) {
         return Err(ApiError::bad_request(format!(
             "field {name} contains control characters"
         )));
@@ -158,24 +169,17 @@ async fn store_file(
         .map(|n| n.chars().filter(|c| !c.is_control()).take(255).collect());
     let key = upload_key(file_name.as_deref());
     let mut w = state.etl.blobs.writer(key.as_str()).await?;
-    let mut head = Vec::with_capacity(8);
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
     let result: Result<(), ApiError> = async {
         while let Some(chunk) = next_chunk(&mut field, pause).await? {
             if w.written + chunk.len() as u64 > max {
                 return Err(too_large(max));
             }
-            if head.len() < 8 {
-                let take = (8 - head.len()).min(chunk.len());
+            if head.len() < SNIFF_BYTES {
+                let take = (SNIFF_BYTES - head.len()).min(chunk.len());
                 head.extend_from_slice(&chunk[..take]);
             }
             w.write(&chunk).await?;
-        }
-        if head.len() < 8 && !head.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "not_a_workbook",
-                "the file is not a workbook (xlsx, xlsm, xlsb, xls or ods)",
-            ));
         }
         sniff(&head).map_err(|e| {
             ApiError::new(

@@ -2,6 +2,7 @@
 //! need no running server); `upload`, and `drain`/`resume` of one process, go through its
 //! REST API.
 
+mod connectors;
 mod dlq;
 mod jobs;
 mod lifecycle;
@@ -37,7 +38,7 @@ Exit codes:
   1  failure (PostgreSQL or the server unreachable, an operation refused, ...)
   2  usage or configuration error
   3  timed out (`drain --wait`, `upload --wait`, `jobs wait`, `sources tick --wait`)
-  4  the job ended dead (`upload --wait`, `jobs wait`)
+  4  the job ended dead (`upload --wait`, `jobs wait`), or would (`connectors preview`)
   5  the job was cancelled (`upload --wait`, `jobs wait`)";
 
 #[derive(Parser)]
@@ -100,6 +101,11 @@ enum Cmd {
     Sources {
         #[command(subcommand)]
         action: sources::SourcesCmd,
+    },
+    /// Connectors: list them, preview a file with one, suggest one from a file's header.
+    Connectors {
+        #[command(subcommand)]
+        action: connectors::ConnectorsCmd,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -200,6 +206,7 @@ async fn run(cmd: Cmd, settings: Settings, json: bool) -> anyhow::Result<u8> {
         Cmd::Resume { target } => lifecycle::resume(&settings, target, json).await,
         Cmd::Dlq { action } => dlq::dlq(&settings, action, json).await,
         Cmd::Sources { action } => sources::sources(&settings, action, json).await,
+        Cmd::Connectors { action } => connectors::connectors(&settings, action, json).await,
         Cmd::Config { .. } | Cmd::Completions { .. } => unreachable!("handled before"),
     }
 }

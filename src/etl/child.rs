@@ -17,8 +17,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::connector::{Connector, ConnectorSpec};
+use super::extractor;
 use super::mapping::{RejectedRow, Report};
-use super::parse::{ParseError, parse_workbook};
+use super::parse::{ParseError, Parsed, parse_rows};
+use super::preview::{self, Preview};
+use super::workbook::records::Records;
+use super::workbook::{SheetReader, open_sheet};
 
 /// The hidden subcommand that runs this module.
 pub const SUBCOMMAND: &str = "__extract";
@@ -36,6 +40,9 @@ pub struct ChildJob {
     pub source: PathBuf,
     pub out_dir: PathBuf,
     pub max_inflated_bytes: u64,
+    /// Preview only: report what the file would give, write no artifacts.
+    #[serde(default)]
+    pub preview: bool,
 }
 
 /// The child's last stdout line.
@@ -47,12 +54,13 @@ pub enum ChildOutcome {
         /// i128 as text.
         checksum: String,
         rejected_rows: usize,
-        report: Report,
+        report: Box<Report>,
     },
     Failed {
         message: String,
         retryable: bool,
     },
+    Preview(Box<Preview>),
 }
 
 #[derive(Serialize)]
@@ -69,6 +77,7 @@ fn emit(line: &impl Serialize) {
 
 /// Runs the child; returns its exit code.
 pub fn main() -> i32 {
+    extractor::install_stop_handler();
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
         eprintln!("etlq extract child: reading the job: {e}");
@@ -81,7 +90,12 @@ pub fn main() -> i32 {
             return EXIT_IO;
         }
     };
-    match run(&job) {
+    let ran = if job.preview {
+        run_preview(&job).map(|p| ChildOutcome::Preview(Box::new(p)))
+    } else {
+        run(&job)
+    };
+    match ran {
         Ok(outcome) => {
             emit(&outcome);
             0
@@ -103,10 +117,77 @@ pub fn main() -> i32 {
     }
 }
 
+/// The rows to map: the source file's, or a command extractor's output (run by `with`,
+/// which gets the opened sheet and returns what mapping it gave).
+fn with_rows<T>(
+    job: &ChildJob,
+    connector: &Connector,
+    with: impl FnOnce(Result<SheetReader, ParseError>) -> Result<T, ParseError>,
+) -> Result<(T, Option<extractor::CommandReport>), ParseError> {
+    let io = |e: std::io::Error| ParseError::Io(e.to_string());
+    let Some(x) = &connector.spec.extractor else {
+        let source = std::fs::read(&job.source).map_err(io)?;
+        let sheet = open_sheet(
+            source,
+            &connector.spec.sheet,
+            job.max_inflated_bytes,
+            &connector.text_options(),
+        )
+        .map_err(ParseError::from);
+        return with(sheet).map(|t| (t, None));
+    };
+    let headers: Vec<String> = connector
+        .spec
+        .columns
+        .iter()
+        .map(|c| c.header.clone())
+        .collect();
+    let (mapped, report) =
+        extractor::run(&job.connector_name, x, &job.source, &job.out_dir, |input| {
+            let records = Records::new(input, x.format, x.records.as_deref(), &headers);
+            with(Ok(SheetReader::records(records)))
+        })
+        .map_err(ParseError::Extractor)?;
+    match mapped {
+        Ok(t) => Ok((t, Some(report))),
+        Err(ParseError::Io(m)) => Err(ParseError::Io(m)),
+        Err(e) => {
+            let tail: Vec<&str> = report
+                .stderr_tail
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            let note = match tail.len() {
+                0 => String::new(),
+                n => format!(
+                    "; its stderr ends: {}",
+                    tail[n.saturating_sub(3)..].join(" | ")
+                ),
+            };
+            Err(ParseError::Extractor(format!("{e}{note}")))
+        }
+    }
+}
+
+fn run_preview(job: &ChildJob) -> Result<Preview, ParseError> {
+    let connector = Connector::new(&job.connector_name, job.connector.clone())?;
+    let ran = with_rows(job, &connector, |sheet| {
+        preview::preview(&connector, sheet, &job.bu_id)
+    });
+    match ran {
+        Ok((mut p, report)) => {
+            p.extractor = report;
+            Ok(p)
+        }
+        Err(ParseError::Io(m)) => Err(ParseError::Io(m)),
+        // The command failed: the preview says so rather than failing.
+        Err(e) => preview::preview(&connector, Err(e), &job.bu_id),
+    }
+}
+
 fn run(job: &ChildJob) -> Result<ChildOutcome, ParseError> {
     let io = |e: std::io::Error| ParseError::Io(e.to_string());
     let connector = Connector::new(&job.connector_name, job.connector.clone())?;
-    let source = std::fs::read(&job.source).map_err(io)?;
     let rows_read = Arc::new(AtomicUsize::new(0));
     // Dropping `finished` wakes the reporter at once (a sleep would hold the exit up).
     let (finished, done) = std::sync::mpsc::channel::<()>();
@@ -127,18 +208,22 @@ fn run(job: &ChildJob) -> Result<ChildOutcome, ParseError> {
     };
     let file = std::fs::File::create(job.out_dir.join(RECORDS_FILE)).map_err(io)?;
     let mut records = BufWriter::with_capacity(1 << 20, file);
-    let parsed = parse_workbook(
-        &connector,
-        source,
-        &job.bu_id,
-        job.max_inflated_bytes,
-        &mut records,
-        &rows_read,
-        &|| false,
-    );
+    let parsed = with_rows(job, &connector, |sheet| {
+        parse_rows(
+            &connector,
+            sheet?,
+            &job.bu_id,
+            &mut records,
+            &rows_read,
+            &|| false,
+            None,
+        )
+    });
     drop(finished);
     let _ = reporter.join();
-    let parsed = parsed?.expect("never cancelled in the child");
+    let (parsed, command) = parsed?;
+    let mut parsed: Parsed = parsed.expect("never cancelled in the child");
+    parsed.report.extractor = command;
     records.flush().map_err(io)?;
     records
         .into_inner()
@@ -156,7 +241,7 @@ fn run(job: &ChildJob) -> Result<ChildOutcome, ParseError> {
         records: parsed.records,
         checksum: parsed.checksum.to_string(),
         rejected_rows: parsed.report.rejected_rows,
-        report: parsed.report,
+        report: Box::new(parsed.report),
     })
 }
 

@@ -25,6 +25,9 @@ pub enum Cell<'a> {
     Iso(String),
     /// A cell error such as `#N/A`.
     Error(String),
+    /// An exact number given as decimal text (a JSON number from a command extractor):
+    /// never a float, so `-31007.2` stays `-31007.2`.
+    Number(Decimal),
 }
 
 impl Cell<'_> {
@@ -39,6 +42,7 @@ impl Cell<'_> {
             Cell::Serial(f) => Cell::Serial(f),
             Cell::Iso(s) => Cell::Iso(s),
             Cell::Error(e) => Cell::Error(e),
+            Cell::Number(d) => Cell::Number(d),
         }
     }
 
@@ -148,6 +152,7 @@ pub fn as_text(cell: &Cell) -> String {
         Cell::Text(t) => t.trim().to_string(),
         Cell::Bool(b) => b.to_string(),
         Cell::Iso(s) | Cell::Error(s) => s.clone(),
+        Cell::Number(d) => d.to_string(),
     }
 }
 
@@ -183,6 +188,7 @@ fn cents(f: f64) -> Option<Decimal> {
 fn decimal(cell: &Cell, locale: &Locale) -> Result<Decimal, CoerceError> {
     match cell {
         Cell::Int(i) => Ok(Decimal::from(*i)),
+        Cell::Number(d) => Ok(*d),
         // The shortest round-trip text is what Excel displays; parsing it gives the exact
         // decimal the user typed (1234.56, not 1234.5599999999999).
         Cell::Float(f) if let Some(d) = cents(*f) => Ok(d),
@@ -459,6 +465,8 @@ fn boolean(cell: &Cell) -> Result<bool, CoerceError> {
         Cell::Int(1) => Ok(true),
         Cell::Float(f) if *f == 0.0 => Ok(false),
         Cell::Float(f) if *f == 1.0 => Ok(true),
+        Cell::Number(d) if d.is_zero() => Ok(false),
+        Cell::Number(d) if *d == Decimal::ONE => Ok(true),
         Cell::Text(t) => {
             let t = t.trim();
             let is = |words: &[&str]| words.iter().any(|w| t.eq_ignore_ascii_case(w));
@@ -484,6 +492,7 @@ fn describe(cell: &Cell<'_>) -> String {
         Cell::Serial(f) => format!("a date (serial {f})"),
         Cell::Iso(s) => format!("the date {s}"),
         Cell::Error(e) => format!("the error {e}"),
+        Cell::Number(d) => format!("the number {d}"),
     }
 }
 

@@ -7,6 +7,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::coerce::{Cell, ColumnType, Locale, Value, as_text, coerce, normalize_header, text_of};
+use super::extractor::ExtractorSpec;
+use super::workbook::TextOptions;
+use super::workbook::detect::{SourceFormat, TextEncoding};
 
 /// Which sheet to read.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -41,13 +44,32 @@ pub struct ColumnSpec {
     /// Key columns make the document id (with bu_id and connector).
     #[serde(default)]
     pub key: bool,
+    /// Decimal columns: the number of places every value is written with (`-4871` →
+    /// `"-4871.00"`); a value with more places is rejected, never rounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorSpec {
+    /// Workbooks: which sheet (default: the first). Text formats have one table.
+    #[serde(default = "first_sheet")]
     pub sheet: SheetRef,
+    #[serde(default = "auto_header")]
     pub header: HeaderRef,
+    /// `auto` (by content), `workbook`, `csv` or `html`.
+    #[serde(default)]
+    pub format: SourceFormat,
+    /// Text files: `auto`, `utf-8`, `utf-16le`, `utf-16be` or `windows-1252`.
+    #[serde(default)]
+    pub encoding: TextEncoding,
+    /// Delimited text: `,` `;` `\t` `|` (default: sniffed from the first lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<char>,
+    /// A command that extracts the records instead of the built-in reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extractor: Option<ExtractorSpec>,
     #[serde(default = "default_search_rows")]
     pub header_search_rows: usize,
     pub columns: Vec<ColumnSpec>,
@@ -63,6 +85,12 @@ pub struct ConnectorSpec {
     pub max_rejected_ratio: f64,
 }
 
+fn first_sheet() -> SheetRef {
+    SheetRef::Index(0)
+}
+fn auto_header() -> HeaderRef {
+    HeaderRef::Auto("auto".into())
+}
 fn default_search_rows() -> usize {
     20
 }
@@ -136,6 +164,40 @@ impl Connector {
                 "header row and header_search_rows must be at most {MAX_HEADER_ROW}"
             )));
         }
+        for c in &spec.columns {
+            match c.scale {
+                Some(_) if c.ty != ColumnType::Decimal => {
+                    return Err(invalid(format!(
+                        "column {:?}: scale applies to decimal columns only",
+                        c.name
+                    )));
+                }
+                Some(s) if s > 28 => {
+                    return Err(invalid(format!(
+                        "column {:?}: scale must be at most 28",
+                        c.name
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if let Some(d) = spec.delimiter
+            && !matches!(d, ',' | ';' | '\t' | '|')
+        {
+            return Err(invalid(format!(
+                "delimiter must be one of ',' ';' '\\t' '|', not {d:?}"
+            )));
+        }
+        if let Some(x) = &spec.extractor {
+            x.check().map_err(invalid)?;
+            if matches!(spec.header, HeaderRef::Row(n) if n != 1)
+                && x.format != super::workbook::records::RecordsFormat::Csv
+            {
+                return Err(invalid(
+                    "a command extractor's JSON records have their header in row 1".into(),
+                ));
+            }
+        }
         if !(0.0..=1.0).contains(&spec.max_rejected_ratio) {
             return Err(invalid("max_rejected_ratio must be between 0 and 1".into()));
         }
@@ -166,35 +228,48 @@ impl Connector {
         })
     }
 
-    /// Finds the header row in `rows` (the sheet's first rows, 0-based) and maps each column
-    /// spec to a column index.
-    pub fn locate_header(
-        &self,
-        sheet: &str,
-        rows: &[Vec<Cell<'_>>],
-    ) -> Result<Header, ConnectorError> {
-        let wanted: Vec<(usize, String)> = self
+    /// `sheet`, `csv`, `html` or `command`: how this connector reads its files.
+    pub fn kind(&self) -> &'static str {
+        if self.spec.extractor.is_some() {
+            return "command";
+        }
+        match self.spec.format {
+            SourceFormat::Csv => "csv",
+            SourceFormat::Html => "html",
+            SourceFormat::Auto | SourceFormat::Workbook => "sheet",
+        }
+    }
+
+    pub fn text_options(&self) -> TextOptions {
+        TextOptions {
+            format: self.spec.format,
+            encoding: self.spec.encoding,
+            delimiter: self.spec.delimiter,
+        }
+    }
+
+    /// How the header rows look against this connector: the row that matched (or the one
+    /// that came closest) and, per column, the header cell found or the nearest text.
+    pub fn match_header(&self, rows: &[Vec<Cell<'_>>]) -> HeaderMatch {
+        let wanted: Vec<String> = self
             .spec
             .columns
             .iter()
-            .enumerate()
-            .map(|(i, c)| (i, normalize_header(&c.header)))
+            .map(|c| normalize_header(&c.header))
             .collect();
         let match_row = |row: &[Cell<'_>]| -> Vec<Option<usize>> {
             let texts: Vec<String> = row.iter().map(|c| normalize_header(&as_text(c))).collect();
             wanted
                 .iter()
-                .map(|(_, w)| texts.iter().position(|t| t == w))
+                .map(|w| texts.iter().position(|t| t == w))
                 .collect()
         };
-        let missing_of = |found: &[Option<usize>]| -> Vec<String> {
+        let complete = |found: &[Option<usize>]| {
             self.spec
                 .columns
                 .iter()
                 .zip(found)
-                .filter(|(c, f)| c.required && f.is_none())
-                .map(|(c, _)| format!("{:?}", c.header))
-                .collect()
+                .all(|(c, f)| !c.required || f.is_some())
         };
         let candidates: Vec<usize> = match self.spec.header {
             HeaderRef::Row(n) if n >= 1 => vec![n - 1],
@@ -202,14 +277,14 @@ impl Connector {
             HeaderRef::Auto(_) => (0..self.spec.header_search_rows.min(rows.len())).collect(),
         };
         let mut best: Option<(usize, Vec<Option<usize>>)> = None;
+        let mut matched = false;
         for r in candidates {
             let Some(row) = rows.get(r) else { continue };
             let found = match_row(row);
-            if missing_of(&found).is_empty() {
-                return Ok(Header {
-                    row: r,
-                    columns: found,
-                });
+            if complete(&found) {
+                best = Some((r, found));
+                matched = true;
+                break;
             }
             let hits = found.iter().flatten().count();
             if best
@@ -219,9 +294,71 @@ impl Connector {
                 best = Some((r, found));
             }
         }
-        let missing = best
-            .map(|(_, f)| missing_of(&f))
-            .unwrap_or_else(|| missing_of(&vec![None; wanted.len()]));
+        let empty: Vec<Cell<'_>> = Vec::new();
+        let (row, found) = match best {
+            Some((r, f)) => (Some(r), f),
+            None => (None, vec![None; wanted.len()]),
+        };
+        let texts: Vec<String> = row
+            .and_then(|r| rows.get(r))
+            .unwrap_or(&empty)
+            .iter()
+            .map(as_text)
+            .collect();
+        let used: std::collections::HashSet<usize> = found.iter().flatten().copied().collect();
+        let columns = self
+            .spec
+            .columns
+            .iter()
+            .zip(&found)
+            .zip(&wanted)
+            .map(|((c, f), w)| ColumnMatch {
+                name: c.name.clone(),
+                header: c.header.clone(),
+                required: c.required,
+                key: c.key,
+                found: f.map(|i| texts[i].clone()),
+                column: f.map(column_letter),
+                nearest: match f {
+                    Some(_) => None,
+                    None => texts
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, t)| !used.contains(i) && !t.is_empty())
+                        .map(|(_, t)| (strsim::normalized_levenshtein(w, &normalize_header(t)), t))
+                        .filter(|(score, _)| *score >= 0.4)
+                        .max_by(|a, b| a.0.total_cmp(&b.0))
+                        .map(|(_, t)| t.clone()),
+                },
+            })
+            .collect();
+        HeaderMatch {
+            row,
+            matched,
+            columns,
+            positions: found,
+        }
+    }
+
+    /// Finds the header row in `rows` (the sheet's first rows, 0-based) and maps each column
+    /// spec to a column index.
+    pub fn locate_header(
+        &self,
+        sheet: &str,
+        rows: &[Vec<Cell<'_>>],
+    ) -> Result<Header, ConnectorError> {
+        self.header_of(sheet, &self.match_header(rows))
+    }
+
+    /// The header of a match, or the error naming what is missing (and the nearest text).
+    pub fn header_of(&self, sheet: &str, m: &HeaderMatch) -> Result<Header, ConnectorError> {
+        if m.matched {
+            return Ok(Header {
+                row: m.row.unwrap_or(0),
+                columns: m.positions.clone(),
+            });
+        }
+        let missing = m.missing();
         let scope = match self.spec.header {
             HeaderRef::Row(n) => format!("row {n}"),
             HeaderRef::Auto(_) => format!("the first {} rows", self.spec.header_search_rows),
@@ -265,6 +402,19 @@ impl Connector {
                     value: String::new(),
                     reason: "required value missing".into(),
                 }),
+                Ok(Value::Decimal(d)) if let Some(scale) = spec.scale => {
+                    match rescaled(d, scale) {
+                        Some(d) => record.push(Value::Decimal(d)),
+                        None => rejections.push(Rejection {
+                            column: spec.header.clone(),
+                            value: as_text(c),
+                            reason: format!(
+                                "{} has more than {scale} decimal places (the column's scale); it is not rounded",
+                                d.normalize()
+                            ),
+                        }),
+                    }
+                }
                 Ok(v) => record.push(v),
                 Err(e) => rejections.push(Rejection {
                     column: spec.header.clone(),
@@ -304,6 +454,71 @@ impl Connector {
         }
         out.push('}');
     }
+}
+
+/// `d` written with exactly `scale` places, or `None` when that would drop a non-zero digit.
+fn rescaled(d: rust_decimal::Decimal, scale: u32) -> Option<rust_decimal::Decimal> {
+    if d.normalize().scale() > scale {
+        return None;
+    }
+    let mut d = d;
+    d.rescale(scale);
+    Some(d)
+}
+
+/// How one column's header was looked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnMatch {
+    pub name: String,
+    pub header: String,
+    pub required: bool,
+    pub key: bool,
+    /// The header text found for it, as written in the file.
+    pub found: Option<String>,
+    /// Its column, as a spreadsheet letter (`A`, `AB`).
+    pub column: Option<String>,
+    /// Not found: the most similar header text in the row looked at.
+    pub nearest: Option<String>,
+}
+
+impl HeaderMatch {
+    /// The required headers not found, each with the nearest text when one is close.
+    pub fn missing(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|c| c.required && c.found.is_none())
+            .map(|c| match &c.nearest {
+                Some(n) => format!("{:?} (nearest: {n:?})", c.header),
+                None => format!("{:?}", c.header),
+            })
+            .collect()
+    }
+}
+
+/// The header row as looked for: the row (0-based) that matched or came closest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeaderMatch {
+    pub row: Option<usize>,
+    /// Every required header was found in `row`.
+    pub matched: bool,
+    pub columns: Vec<ColumnMatch>,
+    /// Per column spec, its 0-based position in `row`.
+    #[serde(skip)]
+    pub positions: Vec<Option<usize>>,
+}
+
+/// 0 → `A`, 27 → `AB`.
+pub fn column_letter(mut i: usize) -> String {
+    let mut s = Vec::new();
+    loop {
+        s.push(b'A' + (i % 26) as u8);
+        if i < 26 {
+            break;
+        }
+        i = i / 26 - 1;
+    }
+    s.reverse();
+    String::from_utf8(s).expect("ASCII")
 }
 
 /// The located header: its 0-based row and, per column spec, the 0-based column (None for an
@@ -432,6 +647,47 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_decimal_scale_pads_every_value_and_rejects_more_places() {
+        let mut spec = sap_gl_spec();
+        spec.columns[2].scale = Some(2);
+        let c = Connector::new("gl", spec).unwrap();
+        let h = Header {
+            row: 0,
+            columns: vec![Some(0), Some(1), Some(2), None],
+        };
+        let amount = |raw: Cell<'static>| match c.map_row(&h, &[t("1"), t("31.12.2025"), raw]) {
+            RowOutcome::Record(r) => {
+                let mut out = String::new();
+                super::super::artifact::write_value(&r[2], &mut out);
+                Ok(out)
+            }
+            RowOutcome::Rejected(r) => Err(r[0].reason.clone()),
+            RowOutcome::Skipped => Err("skipped".into()),
+        };
+        assert_eq!(amount(Cell::Int(-4871)), Ok("\"-4871.00\"".into()));
+        assert_eq!(amount(Cell::Float(-1212.7)), Ok("\"-1212.70\"".into()));
+        assert_eq!(amount(t("1.234,56-")), Ok("\"-1234.56\"".into()));
+        assert_eq!(
+            amount(t("1,5000")),
+            Ok("\"1.50\"".into()),
+            "trailing zeros are not places"
+        );
+        assert_eq!(
+            amount(t("0,125")),
+            Err(
+                "0.125 has more than 2 decimal places (the column's scale); it is not rounded"
+                    .into()
+            )
+        );
+        let mut spec = sap_gl_spec();
+        spec.columns[0].scale = Some(2);
+        assert!(
+            Connector::new("gl", spec).is_err(),
+            "scale on a string column"
+        );
     }
 
     #[test]

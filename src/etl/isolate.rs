@@ -68,15 +68,34 @@ struct Killer {
     exited: Arc<Mutex<bool>>,
 }
 
+/// How long a child told to stop (SIGTERM: it kills a command extractor's process group
+/// first) has before it is killed outright.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
 impl Killer {
-    fn kill(&self) {
+    fn signal(&self, sig: libc::c_int) -> bool {
         let exited = self.exited.lock().unwrap_or_else(|p| p.into_inner());
         if !*exited {
             // SAFETY: `pid` is our unreaped child (it has not exited: checked under the lock
             // the waiter holds while observing the exit), so it cannot have been reused.
             unsafe {
-                libc::kill(self.pid, libc::SIGKILL);
+                libc::kill(self.pid, sig);
             }
+        }
+        !*exited
+    }
+
+    /// SIGTERM (the child's handler takes a command extractor's group along), then SIGKILL
+    /// if it is still there after `STOP_GRACE`.
+    fn kill(&self) {
+        if self.signal(libc::SIGTERM) {
+            let k = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("etlq-extract-kill".into())
+                .spawn(move || {
+                    std::thread::sleep(STOP_GRACE);
+                    k.signal(libc::SIGKILL);
+                });
         }
     }
 }
@@ -89,7 +108,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn human_mb(mb: u64) -> String {
+pub(crate) fn human_mb(mb: u64) -> String {
     if mb >= 1024 && mb.is_multiple_of(1024) {
         format!("{} GiB", mb / 1024)
     } else {
@@ -97,7 +116,7 @@ fn human_mb(mb: u64) -> String {
     }
 }
 
-fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s >= 60 && s.is_multiple_of(60) {
         format!("{} min", s / 60)
@@ -117,10 +136,19 @@ impl Isolation {
         rows_read: Arc<AtomicUsize>,
         cancel: &CancellationToken,
     ) -> Result<ChildReport, IsolateError> {
+        // A command extractor runs inside the child under its own limits: the child's must
+        // hold them (an address-space limit cannot be raised from inside) and its time too.
+        let (memory_limit_mb, timeout) = match &job.connector.extractor {
+            Some(x) => (
+                self.memory_limit_mb.max(x.memory_limit_mb + 64),
+                self.timeout + Duration::from_millis(x.timeout_ms),
+            ),
+            None => (self.memory_limit_mb, self.timeout),
+        };
         let input = serde_json::to_vec(job).expect("a child job serialises");
         let (started_tx, started_rx) = oneshot::channel::<Result<Killer, String>>();
         let (exit_tx, exit_rx) = oneshot::channel::<Exit>();
-        let limit_bytes = self.memory_limit_mb.saturating_mul(1 << 20);
+        let limit_bytes = memory_limit_mb.saturating_mul(1 << 20);
         let exe = self.exe.clone();
         let spawned = std::thread::Builder::new()
             .name("etlq-extract".into())
@@ -155,11 +183,11 @@ impl Isolation {
                 stopped_by = Some(IsolateError::Cancelled);
                 exit_rx.await
             }
-            _ = tokio::time::sleep(self.timeout) => {
+            _ = tokio::time::sleep(timeout) => {
                 killer.kill();
                 stopped_by = Some(IsolateError::Fatal(format!(
                     "the workbook parser exceeded the {} time limit (etl.extract_timeout_ms)",
-                    human_duration(self.timeout)
+                    human_duration(timeout)
                 )));
                 exit_rx.await
             }
@@ -173,6 +201,21 @@ impl Isolation {
         self.verdict(exit)
     }
 
+    /// Runs a preview job (`job.preview`) in a child: same limits, nothing stored.
+    pub async fn preview(
+        &self,
+        job: &ChildJob,
+        cancel: &CancellationToken,
+    ) -> Result<super::preview::Preview, IsolateError> {
+        let report = self.run(job, Arc::new(AtomicUsize::new(0)), cancel).await?;
+        match report.outcome {
+            ChildOutcome::Preview(p) => Ok(*p),
+            _ => Err(IsolateError::Retryable(
+                "the preview child answered with something else".into(),
+            )),
+        }
+    }
+
     fn verdict(&self, exit: Exit) -> Result<ChildReport, IsolateError> {
         let status = exit.status;
         let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
@@ -184,10 +227,12 @@ impl Isolation {
             ))
         };
         match (code, exit.outcome) {
-            (Some(0), Some(outcome @ ChildOutcome::Done { .. })) => Ok(ChildReport {
-                outcome,
-                peak_rss_kb: exit.peak_rss_kb,
-            }),
+            (Some(0), Some(outcome @ (ChildOutcome::Done { .. } | ChildOutcome::Preview(_)))) => {
+                Ok(ChildReport {
+                    outcome,
+                    peak_rss_kb: exit.peak_rss_kb,
+                })
+            }
             (Some(EXIT_INPUT), Some(ChildOutcome::Failed { message, .. })) => {
                 Err(IsolateError::Fatal(message))
             }
@@ -212,6 +257,36 @@ impl Isolation {
                 signal.unwrap_or(0)
             ))),
         }
+    }
+}
+
+/// Waits for child `pid` to exit, runs `before_reap` while it is a zombie (its pid — and, as a
+/// group leader, its process group id — cannot be reused until it is reaped), then reaps it.
+/// Returns the `wait4` status and the child's peak RSS in KiB.
+pub(crate) fn reap(pid: libc::pid_t, before_reap: impl FnOnce()) -> (i32, u64) {
+    // SAFETY: plain syscalls on our own child's pid; siginfo and rusage are plain data.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        while libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT,
+        ) != 0
+        {
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        before_reap();
+        let mut status: libc::c_int = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        while libc::wait4(pid, &mut status, 0, &mut usage) < 0 {
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break;
+            }
+        }
+        (status, usage.ru_maxrss.max(0) as u64)
     }
 }
 
@@ -264,7 +339,9 @@ fn supervise(
                 rlim_max: 0,
             };
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            // SIGTERM, not SIGKILL: the child's handler kills a command extractor's process
+            // group before it exits (a SIGKILL would orphan it).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent died between fork and prctl: nobody will read our result.
@@ -325,34 +402,9 @@ fn supervise(
         String::from_utf8_lossy(&kept).into_owned()
     });
 
-    // Observe the exit without reaping, so the pid stays ours while a kill may be racing.
-    // SAFETY: plain syscalls on our own child's pid.
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        while libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        ) != 0
-        {
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                break;
-            }
-        }
-    }
-    *killer.exited.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    let mut status: libc::c_int = 0;
-    // SAFETY: as above; rusage is plain data.
-    let peak_rss_kb = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        while libc::wait4(pid, &mut status, 0, &mut usage) < 0 {
-            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                break;
-            }
-        }
-        usage.ru_maxrss.max(0) as u64
-    };
+    let (status, peak_rss_kb) = reap(pid, || {
+        *killer.exited.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    });
     // The std handle must not wait again (the pid is reaped); forget it.
     std::mem::forget(child);
     let _ = feeder.join();

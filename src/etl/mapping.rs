@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::coerce::Cell;
 use super::connector::{
-    Connector, ConnectorError, Header, HeaderRef, Record, Rejection, RowOutcome,
+    Connector, ConnectorError, Header, HeaderMatch, HeaderRef, Record, Rejection, RowOutcome,
 };
 use super::workbook::{Grid, Row};
 
@@ -30,6 +30,12 @@ pub struct Report {
     pub records: usize,
     pub skipped_rows: usize,
     pub rejected_rows: usize,
+    /// What the file was read as (format, encoding, delimiter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<super::workbook::FormatInfo>,
+    /// A command extractor's run: exit status, time, memory, stderr's tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extractor: Option<super::extractor::CommandReport>,
 }
 
 /// A whole sheet mapped in memory (small files and tests).
@@ -95,6 +101,7 @@ pub fn locate<'a>(
     connector: &Connector,
     sheet: &str,
     head: Vec<(usize, Row<'a>)>,
+    on_match: Option<&(dyn Fn(&HeaderMatch) + Sync)>,
 ) -> Result<(Header, DenseRows<'a>), ConnectorError> {
     let mut dense: Vec<Vec<Cell<'a>>> = Vec::new();
     let mut sparse = Vec::with_capacity(head.len());
@@ -103,7 +110,11 @@ pub fn locate<'a>(
         dense.push(densify(row.clone(), usize::MAX));
         sparse.push((i, row));
     }
-    let header = connector.locate_header(sheet, &dense)?;
+    let matched = connector.match_header(&dense);
+    if let Some(f) = on_match {
+        f(&matched);
+    }
+    let header = connector.header_of(sheet, &matched)?;
     let width = header.width();
     let below = sparse
         .into_iter()
@@ -222,6 +233,8 @@ impl<'c> Mapper<'c> {
                 records: self.records,
                 skipped_rows: self.skipped,
                 rejected_rows: self.rejected_rows,
+                format: None,
+                extractor: None,
             },
         ))
     }
@@ -245,7 +258,7 @@ pub fn map_grid<'g>(connector: &Connector, grid: &'g Grid) -> Result<Mapped<'g>,
         .filter(|(_, r)| !r.is_empty())
         .map(|(i, r)| (i, sparse(r)))
         .collect();
-    let (header, below) = locate(connector, &grid.sheet, head)?;
+    let (header, below) = locate(connector, &grid.sheet, head, None)?;
     let width = header.width();
     let rest = grid
         .rows
@@ -368,7 +381,9 @@ mod tests {
                 data_rows: 6,
                 records: 3,
                 skipped_rows: 2,
-                rejected_rows: 1
+                rejected_rows: 1,
+                format: None,
+                extractor: None,
             }
         );
     }

@@ -7,13 +7,16 @@ pub mod artifact;
 pub mod child;
 pub mod coerce;
 pub mod connector;
+pub mod extractor;
 pub mod isolate;
 pub mod limits;
 pub mod mapping;
 pub mod parse;
 pub mod payload;
+pub mod preview;
 pub mod stages;
 pub mod submit;
+pub mod suggest;
 pub mod workbook;
 
 use std::collections::BTreeMap;

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::artifact;
 use super::coerce::Cell;
 use super::connector::Record;
-use super::connector::{Connector, ConnectorError, Header, Rejection};
+use super::connector::{Connector, ConnectorError, Header, HeaderMatch, Rejection};
 use super::mapping::{
     DenseRows, Mapper, RejectedRow, Report, Verdict, densify_into, header_scope, locate,
 };
-use super::workbook::{ColumnLimit, Row, WorkbookError, open_sheet};
+use super::workbook::{ColumnLimit, Row, SheetReader, WorkbookError, open_sheet};
 
 /// Rows handed from the reading thread to the mapping thread at a time.
 const ROW_BATCH: usize = 1024;
@@ -34,6 +34,9 @@ pub enum ParseError {
     /// Writing the artifact failed (disk full): worth retrying elsewhere.
     #[error("writing the records artifact: {0}")]
     Io(String),
+    /// A command extractor failed (its cause and the setting to raise are in the message).
+    #[error("{0}")]
+    Extractor(String),
 }
 
 /// What one parse produced besides the records written out.
@@ -87,7 +90,26 @@ pub fn parse_workbook(
     rows_read: &AtomicUsize,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Option<Parsed>, ParseError> {
-    let mut sheet = open_sheet(source, &connector.spec.sheet, max_inflated_bytes)?;
+    let sheet = open_sheet(
+        source,
+        &connector.spec.sheet,
+        max_inflated_bytes,
+        &connector.text_options(),
+    )?;
+    parse_rows(connector, sheet, bu_id, out, rows_read, cancelled, None)
+}
+
+/// `parse_workbook` on a sheet already opened (a file's, or a command extractor's records).
+pub fn parse_rows(
+    connector: &Connector,
+    mut sheet: SheetReader,
+    bu_id: &str,
+    out: &mut dyn Write,
+    rows_read: &AtomicUsize,
+    cancelled: &dyn Fn() -> bool,
+    on_header: Option<&(dyn Fn(&HeaderMatch) + Sync)>,
+) -> Result<Option<Parsed>, ParseError> {
+    let format = sheet.format_info();
     let name = sheet.name.clone();
     let scope = header_scope(connector);
     let limit = ColumnLimit::default();
@@ -115,7 +137,7 @@ pub fn parse_workbook(
             let mut batch: Option<Batch<'_>> = None;
             let mut located: Result<(), ParseError> = Ok(());
             let send_header = |head: &mut Vec<_>| {
-                let (header, below) = locate(connector, name, std::mem::take(head))?;
+                let (header, below) = locate(connector, name, std::mem::take(head), on_header)?;
                 limit.set(header.width() as u32);
                 let w = header.width();
                 let open = tx.send(Msg::Header(header, below)).is_ok();
@@ -226,10 +248,13 @@ pub fn parse_workbook(
         return Err(ParseError::Io(e.to_string()));
     }
     // None: no header message (cancelled before it) or stopped midway (cancelled).
-    Ok(mapped?.map(|(rejected, report)| Parsed {
-        records: written,
-        checksum,
-        rejected,
-        report,
+    Ok(mapped?.map(|(rejected, mut report)| {
+        report.format = Some(format);
+        Parsed {
+            records: written,
+            checksum,
+            rejected,
+            report,
+        }
     }))
 }

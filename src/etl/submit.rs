@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::payload::{BlobKey, BuId, EtlPayload};
-use super::workbook::sniff;
+use super::workbook::{SNIFF_BYTES, sniff};
 use super::{ETL_KIND, EtlContext};
 use crate::audit::AuditEntry;
 use crate::queue::{Actor, Enqueued, NewJob, QueueError};
@@ -64,7 +64,7 @@ pub fn check_target(
 /// A blob already in the store, named by a client: a safe key, present, and a workbook.
 pub async fn check_source(etl: &EtlContext, key: &str) -> Result<BlobKey, SubmitError> {
     let key = BlobKey::parse(key).map_err(SubmitError::InvalidSourceBlob)?;
-    let head = match etl.blobs.head_bytes(key.as_str(), 8).await {
+    let head = match etl.blobs.head_bytes(key.as_str(), SNIFF_BYTES as u64).await {
         Ok(h) => h,
         Err(StorageError::NotFound(_)) => {
             return Err(SubmitError::SourceNotFound(key.to_string()));

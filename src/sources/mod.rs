@@ -32,7 +32,9 @@ pub use watcher::{Watcher, WatcherConfig};
 
 /// The extensions etlq reads: a source's `include` when it names none (a per-source
 /// fallback, documented beside `[sources.inbox]` in config/default.toml).
-pub const WORKBOOK_GLOBS: [&str; 5] = ["*.xlsx", "*.xlsm", "*.xls", "*.xlsb", "*.ods"];
+pub const WORKBOOK_GLOBS: [&str; 7] = [
+    "*.xlsx", "*.xlsm", "*.xls", "*.xlsb", "*.ods", "*.csv", "*.tsv",
+];
 /// A blob modified more recently than this may still be being written: a source's
 /// `min_age_ms` when it sets none (documented in config/default.toml).
 pub const MIN_AGE_WHEN_UNSET_MS: u64 = 10_000;

@@ -433,3 +433,92 @@ fn completions_are_printed_for_each_shell() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_suggest_then_preview_from_the_command_line() {
+    let app = spawn_app().await;
+    let url = app.url("");
+    let db_url = app.db.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("gl.csv");
+    std::fs::write(
+        &csv,
+        "G/L line items\n\nDocument Number;Posting Date;Amount in LC;Text\n\
+         100001;31.12.2025;1.234,56-;rent\n100002;30.12.2025;99,5;\n",
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let db_url = db_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            etlq(&db_url, &args)
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let csv_path = csv.display().to_string();
+
+    let (code, toml_text, err) = run(s(&["connectors", "suggest", &csv_path, "--name", "gl_csv"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(toml_text.contains("[connectors.gl_csv]"), "{toml_text}");
+    assert!(toml_text.contains("delimiter = \";\""), "{toml_text}");
+    // The user picks the key, then previews the draft against the server: no restart.
+    let keyed = toml_text.replacen("type = \"integer\"", "type = \"integer\", key = true", 1);
+    let draft = dir.path().join("gl_csv.toml");
+    std::fs::write(&draft, keyed).unwrap();
+    let draft_path = draft.display().to_string();
+    let (code, out, err) = run(s(&[
+        "connectors",
+        "preview",
+        &csv_path,
+        "--toml",
+        &draft_path,
+        "--url",
+        &url,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("this upload would succeed: 2 records"),
+        "{out}"
+    );
+    assert!(
+        out.contains("format: csv, encoding utf-8, delimiter \";\""),
+        "{out}"
+    );
+
+    // A configured connector that does not fit: exit 4, the missing header named.
+    let (code, out, err) = run(s(&[
+        "connectors",
+        "preview",
+        &csv_path,
+        "--connector",
+        "trial_balance",
+        "--url",
+        &url,
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        out.contains("would go dead because header row not found"),
+        "{out}"
+    );
+    assert!(out.contains("MISSING"), "{out}");
+
+    let (code, out, _) = run(s(&["connectors", "list"])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("trial_balance") && l.contains("sheet")),
+        "{out}"
+    );
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 0, "previews create no job");
+    app.stop().await;
+}

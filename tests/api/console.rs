@@ -135,8 +135,26 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
     b.wait_text("#upload-said", |t| t.contains("needs an API token"))
         .await;
 
-    // With the token: the job is followed until it has succeeded.
+    // With the token: a preview first (no job), then the job, followed until it has
+    // succeeded.
     use_token(&b).await;
+    b.click("#u-preview").await;
+    b.wait_text("#preview-verdict", |t| {
+        t.starts_with("this upload would succeed")
+    })
+    .await;
+    let matched = b
+        .js("return document.querySelector('#preview-columns').textContent;")
+        .await;
+    assert!(
+        matched.as_str().unwrap().contains("Amount in LC"),
+        "{matched}"
+    );
+    let previewed_rows = b
+        .js("return document.querySelectorAll('#preview-rows tbody tr').length;")
+        .await;
+    assert_eq!(previewed_rows, 50, "the first 50 typed records");
+    b.shot("preview").await;
     b.click("#u-submit").await;
     b.wait_text("#upload-state", |t| t == "succeeded").await;
     let gl_job: i64 = b

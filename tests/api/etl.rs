@@ -421,12 +421,19 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
     let (s, b) = upload(
         &app.client,
         &base,
-        b"Posting Date;Amount\n1;2\n".to_vec(),
-        "gl.csv",
+        b"<!DOCTYPE html><html><body><p>Session expired, log in again</p></body></html>".to_vec(),
+        "gl.xls",
         &ok,
     )
     .await;
     assert_eq!((s, code(&b).as_str()), (422, "not_a_workbook"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the file is an HTML page without a table"),
+        "{b}"
+    );
 
     let (s, b) = upload(&app.client, &base, Vec::new(), "empty.xlsx", &ok).await;
     assert_eq!(s, 422, "{b}");
@@ -527,7 +534,7 @@ async fn bad_uploads_get_clear_errors_and_leave_nothing_behind() {
     // POST /v1/jobs for a blob already in the store.
     std::fs::create_dir_all(blobs.join("incoming")).unwrap();
     std::fs::write(blobs.join("incoming/gl.xlsx"), &gl).unwrap();
-    std::fs::write(blobs.join("incoming/notes.txt"), "hello").unwrap();
+    std::fs::write(blobs.join("incoming/notes.txt"), "%PDF-1.4\n").unwrap();
     let job = |src: &str| json!({"bu_id": "BU-1", "connector": "sap_fbl3n", "source_blob": src});
     let (s, b) = app.post("/v1/jobs", job("incoming/gl.xlsx")).await;
     assert_eq!(s, 202, "{b}");
@@ -614,10 +621,10 @@ async fn hostile_workbooks_fail_with_their_error_and_other_jobs_finish() {
         ),
         ("empty", Vec::new(), "sap_fbl3n", "the file is empty"),
         (
-            "text",
-            b"not a workbook at all".to_vec(),
+            "pdf",
+            b"%PDF-1.7\n1 0 obj".to_vec(),
             "sap_fbl3n",
-            "the file is not a workbook",
+            "the file is a PDF document, not a workbook",
         ),
         (
             "tb_as_gl",

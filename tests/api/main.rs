@@ -7,6 +7,7 @@ mod console;
 mod cosmos;
 mod etl;
 mod etl_process;
+mod extractors;
 mod helpers;
 mod isolation;
 mod lifecycle;

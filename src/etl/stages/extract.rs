@@ -58,6 +58,18 @@ impl Drop for WorkDir {
     }
 }
 
+/// `source` plus the original extension when it is a plain one (`source.xlsx`).
+pub fn source_name(original: &str) -> String {
+    let ext = std::path::Path::new(original)
+        .extension()
+        .and_then(|e| e.to_str())
+        .filter(|e| e.len() <= 8 && e.bytes().all(|b| b.is_ascii_alphanumeric()));
+    match ext {
+        Some(e) => format!("source.{}", e.to_ascii_lowercase()),
+        None => "source".into(),
+    }
+}
+
 async fn extract(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageError> {
     let p = payload(ctx)?;
     let connector = etl.connector(&p.connector).map_err(StageError::Fatal)?;
@@ -70,7 +82,10 @@ async fn extract(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
     std::fs::create_dir_all(&work.0).map_err(|e| {
         StageError::Retryable(format!("creating the work directory (etl.work_dir): {e}"))
     })?;
-    let source = work.0.join("source");
+    // The file keeps its extension: a command extractor may go by it.
+    let source = work.0.join(source_name(
+        p.file_name.as_deref().unwrap_or(p.source_blob.as_str()),
+    ));
     etl.blobs
         .get_to_file(p.source_blob.as_str(), &source)
         .await
@@ -85,6 +100,7 @@ async fn extract(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
         source,
         out_dir: work.0.clone(),
         max_inflated_bytes: etl.settings.max_inflated_bytes,
+        preview: false,
     };
     let started = Instant::now();
     let ran = etl
@@ -134,7 +150,7 @@ async fn extract(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
         rejected_rows,
         checksum,
         artifacts: keys.clone(),
-        report,
+        report: *report,
         parser,
     };
     let report_doc = json!({

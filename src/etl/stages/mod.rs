@@ -2,7 +2,7 @@
 //! and reads what earlier stages produced from the checkpoint and the blob store, never from
 //! this process's memory.
 
-mod extract;
+pub(crate) mod extract;
 mod promote;
 mod sync;
 mod verify;

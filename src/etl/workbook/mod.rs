@@ -1,5 +1,7 @@
-//! Reads one sheet of a workbook (xlsx, xlsm, xlsb, xls, ods) row by row into sparse rows of
-//! `Cell`s, and names what is wrong with files that are not readable workbooks.
+//! Reads one sheet of a workbook (xlsx, xlsm, xlsb, xls, ods) — or the one table of delimited
+//! text (`delimited.rs`), an HTML table (`html.rs`) or a command extractor's records
+//! (`records.rs`) — row by row into sparse rows of `Cell`s, and names what is wrong with files
+//! that are none of these (`detect.rs`: by content, never by extension).
 //!
 //! Memory follows the cells present: rows are sparse (only cells that exist), cells at or past
 //! a column limit (the connector's rightmost mapped column, once the header is known) are
@@ -10,7 +12,11 @@
 //! record made calamine reserve petabytes). The extract child's memory limit is the
 //! backstop, not the mechanism.
 
+pub mod delimited;
+pub mod detect;
+mod html;
 mod ods;
+pub mod records;
 mod xls;
 mod xlsx;
 
@@ -27,8 +33,10 @@ use super::connector::SheetRef;
 pub enum WorkbookError {
     #[error("the file is empty")]
     Empty,
-    #[error("the file is not a workbook (xlsx, xlsm, xlsb, xls or ods)")]
-    NotAWorkbook,
+    #[error(
+        "the file is {0}, not a workbook (xlsx, xlsm, xlsb, xls, ods), delimited text (CSV, TSV) or an HTML table"
+    )]
+    Unsupported(String),
     #[error("the workbook is password-protected (encrypted); save it without a password")]
     Encrypted,
     #[error("the workbook is damaged or truncated: {0}")]
@@ -75,19 +83,24 @@ pub struct Grid {
     pub rows: Vec<Vec<Cell<'static>>>,
 }
 
-const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
-const CFB_MAGIC: &[u8] = &[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1];
+use detect::{CFB_MAGIC, Detected, SourceFormat, TextEncoding};
 
-/// Cheap check of the first bytes, done before enqueueing an upload.
+/// How many leading bytes `sniff` is given.
+pub const SNIFF_BYTES: usize = 4096;
+
+/// Cheap check of the first bytes (up to [`SNIFF_BYTES`]), done before enqueueing a file: the
+/// empty file and formats that are certainly not readable (a PDF, an image) are refused at
+/// once; the full check happens at extract.
 pub fn sniff(bytes: &[u8]) -> Result<(), WorkbookError> {
-    if bytes.is_empty() {
-        return Err(WorkbookError::Empty);
-    }
-    if bytes.starts_with(ZIP_MAGIC) || bytes.starts_with(CFB_MAGIC) {
-        Ok(())
-    } else {
-        Err(WorkbookError::NotAWorkbook)
-    }
+    detect::detect(bytes, SourceFormat::Auto, TextEncoding::Auto).map(|_| ())
+}
+
+/// How text files are read (a connector's `format`, `encoding` and `delimiter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TextOptions {
+    pub format: SourceFormat,
+    pub encoding: TextEncoding,
+    pub delimiter: Option<char>,
 }
 
 /// Office encrypts xlsx files by wrapping them in a CFB container with an `EncryptedPackage`
@@ -182,12 +195,64 @@ enum Book {
     Xlsb(Box<Xlsb<Cursor<Vec<u8>>>>),
     Xls(Box<Xls<Cursor<Vec<u8>>>>),
     Ods(ods::Ods),
+    Delimited(Box<delimited::Delimited>),
+    Html(Box<html::HtmlTable>),
+    Records(Box<records::Records>),
 }
 
 /// An opened sheet, ready to be read row by row.
 pub struct SheetReader {
     book: Book,
     pub name: String,
+}
+
+/// What was read, for reports and previews.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FormatInfo {
+    /// `xlsx`, `xlsb`, `xls`, `ods`, `csv`, `html`, or the extractor's `json`, `jsonl`, `csv`.
+    pub format: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+}
+
+impl SheetReader {
+    /// A command extractor's records (`records.rs`), under the connector's `headers`.
+    pub fn records(reader: records::Records) -> Self {
+        SheetReader {
+            name: reader.sheet_name(),
+            book: Book::Records(Box::new(reader)),
+        }
+    }
+
+    pub fn format_info(&self) -> FormatInfo {
+        let plain = |f: &str| FormatInfo {
+            format: f.into(),
+            encoding: None,
+            delimiter: None,
+        };
+        match &self.book {
+            Book::Fast(_) | Book::Xlsx(_) => plain("xlsx"),
+            Book::Xlsb(_) => plain("xlsb"),
+            Book::Xls(_) => plain("xls"),
+            Book::Ods(_) => plain("ods"),
+            Book::Delimited(d) => FormatInfo {
+                format: "csv".into(),
+                encoding: Some(d.encoding.label().into()),
+                delimiter: Some(match d.delimiter {
+                    b'\t' => "\\t".into(),
+                    b => (b as char).to_string(),
+                }),
+            },
+            Book::Html(h) => FormatInfo {
+                format: "html".into(),
+                encoding: Some(h.encoding.label().into()),
+                delimiter: None,
+            },
+            Book::Records(r) => plain(r.format_label()),
+        }
+    }
 }
 
 fn pick_sheet(names: &[String], which: &SheetRef) -> Result<String, WorkbookError> {
@@ -217,8 +282,26 @@ pub fn open_sheet(
     bytes: Vec<u8>,
     which: &SheetRef,
     max_inflated_bytes: u64,
+    text: &TextOptions,
 ) -> Result<SheetReader, WorkbookError> {
-    sniff(&bytes)?;
+    match detect::detect(&bytes, text.format, text.encoding)? {
+        Detected::Workbook => {}
+        // Text formats have one table: the connector's `sheet` does not apply.
+        Detected::Delimited(encoding) => {
+            let d = delimited::Delimited::open(bytes, encoding, text.delimiter)?;
+            return Ok(SheetReader {
+                name: "text".into(),
+                book: Book::Delimited(Box::new(d)),
+            });
+        }
+        Detected::Html(encoding) => {
+            let h = html::HtmlTable::open(bytes, encoding)?;
+            return Ok(SheetReader {
+                name: h.sheet_name(),
+                book: Book::Html(Box::new(h)),
+            });
+        }
+    }
     if is_encrypted_container(&bytes) {
         return Err(WorkbookError::Encrypted);
     }
@@ -248,6 +331,8 @@ pub fn open_sheet(
         Book::Xlsb(x) => x.sheet_names(),
         Book::Xls(x) => x.sheet_names(),
         Book::Ods(o) => o.sheet_names(),
+        // Text formats returned above with their one table.
+        Book::Delimited(_) | Book::Html(_) | Book::Records(_) => Vec::new(),
     };
     let name = pick_sheet(&names, which)?;
     Ok(SheetReader { book, name })
@@ -320,6 +405,9 @@ impl SheetReader {
         let mut rows = RowBuilder::new(limit, on_row);
         let SheetReader { book, name } = self;
         match book {
+            Book::Delimited(d) => d.for_each_cell(|r, c, cell| rows.push(r, c, cell))?,
+            Book::Html(h) => h.for_each_cell(|r, c, cell| rows.push(r, c, cell)),
+            Book::Records(x) => x.for_each_cell(|r, c, cell| rows.push(r, c, cell))?,
             Book::Fast(x) => x.for_each_cell(name, |r, c, cell| rows.push(r, c, cell))?,
             Book::Xlsx(x) => {
                 let mut cells = x.worksheet_cells_reader(name).map_err(|e| corrupt(&e))?;
@@ -363,20 +451,34 @@ pub fn read_sheet(
     which: &SheetRef,
     max_inflated_bytes: u64,
 ) -> Result<Grid, WorkbookError> {
-    let mut reader = open_sheet(bytes, which, max_inflated_bytes)?;
+    let mut reader = open_sheet(bytes, which, max_inflated_bytes, &TextOptions::default())?;
     let sheet = reader.name.clone();
-    let mut rows: Vec<Vec<Cell<'static>>> = Vec::new();
-    reader.for_each_row(&ColumnLimit::default(), |i, row| {
-        rows.resize(i, Vec::new());
-        let width = row.last().map_or(0, |(c, _)| *c as usize + 1);
-        let mut dense = vec![Cell::Empty; width];
-        for (c, cell) in row.drain(..) {
-            dense[c as usize] = cell.into_owned();
-        }
-        rows.push(dense);
-        true
-    })?;
+    let rows = reader.dense_rows(usize::MAX)?;
     Ok(Grid { sheet, rows })
+}
+
+impl SheetReader {
+    /// The first `max_rows` rows (by row number) as dense rows, owning their text.
+    pub fn dense_rows(
+        &mut self,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<Cell<'static>>>, WorkbookError> {
+        let mut rows: Vec<Vec<Cell<'static>>> = Vec::new();
+        self.for_each_row(&ColumnLimit::default(), |i, row| {
+            if i >= max_rows {
+                return false;
+            }
+            rows.resize(i, Vec::new());
+            let width = row.last().map_or(0, |(c, _)| *c as usize + 1);
+            let mut dense = vec![Cell::Empty; width];
+            for (c, cell) in row.drain(..) {
+                dense[c as usize] = cell.into_owned();
+            }
+            rows.push(dense);
+            true
+        })?;
+        Ok(rows)
+    }
 }
 
 #[cfg(test)]
@@ -427,8 +529,13 @@ mod tests {
             ws.write_string(r, 0, "kept").unwrap();
             ws.write_string(r, 16_383, "far away").unwrap();
         }
-        let mut reader =
-            open_sheet(wb.save_to_buffer().unwrap(), &SheetRef::Index(0), LIMIT).unwrap();
+        let mut reader = open_sheet(
+            wb.save_to_buffer().unwrap(),
+            &SheetRef::Index(0),
+            LIMIT,
+            &TextOptions::default(),
+        )
+        .unwrap();
         let limit = ColumnLimit::default();
         limit.set(4);
         let mut widths = Vec::new();
@@ -448,13 +555,8 @@ mod tests {
             WorkbookError::Empty
         );
         assert_eq!(
-            read_sheet(
-                b"Posting Date;Amount\n".to_vec(),
-                &SheetRef::Index(0),
-                LIMIT
-            )
-            .unwrap_err(),
-            WorkbookError::NotAWorkbook
+            read_sheet(b"%PDF-1.4\n".to_vec(), &SheetRef::Index(0), LIMIT).unwrap_err(),
+            WorkbookError::Unsupported("a PDF document".into())
         );
         let mut truncated = workbook();
         truncated.truncate(truncated.len() / 2);

@@ -353,7 +353,13 @@ pub(crate) mod tests {
             r#"<table:table table:name="S">{}</table:table>"#,
             row.repeat(1500)
         );
-        let mut reader = open_sheet(ods(&body), &SheetRef::Index(0), 1 << 30).unwrap();
+        let mut reader = open_sheet(
+            ods(&body),
+            &SheetRef::Index(0),
+            1 << 30,
+            &Default::default(),
+        )
+        .unwrap();
         let limit = ColumnLimit::default();
         limit.set(3);
         let mut cells = 0;

@@ -1460,6 +1460,7 @@ lf _x005F_x0041_ _xD83D__xDE00_</t></si><si/><si><t><![CDATA[in <cdata>]]></t></
                 Cell::Serial(_) => "serial",
                 Cell::Iso(_) => "iso",
                 Cell::Error(_) => "error",
+                Cell::Number(_) => "number",
             })
             .collect();
         assert_eq!(
