@@ -280,6 +280,18 @@ fn real_python() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The hostile extractors' modes (tests/extractors/hostile.py), each a connector.
+const HOSTILE: [&str; 8] = [
+    "memory",
+    "loop",
+    "grandchild",
+    "stdout",
+    "garbage",
+    "fail",
+    "abort",
+    "env",
+];
+
 /// Processes whose process group is `pgid`.
 fn group_members(pgid: i32) -> Vec<i32> {
     let mut out = Vec::new();
@@ -326,7 +338,7 @@ async fn hostile_extractors_go_dead_with_their_cause_and_leave_no_process() {
         Role::Serve,
         |s| {
             s.worker.concurrency = 8;
-            for mode in ["memory", "loop", "grandchild", "stdout", "garbage", "fail", "env"] {
+            for mode in HOSTILE {
                 let spec = connector(&format!(
                     r#"
                     extractor = {{ command = ["{python}", "{script}", "{mode}", "{{input}}", "{{output}}"],
@@ -345,15 +357,7 @@ async fn hostile_extractors_go_dead_with_their_cause_and_leave_no_process() {
     .await;
     let base = app.url("");
     let mut jobs = Vec::new();
-    for mode in [
-        "memory",
-        "loop",
-        "grandchild",
-        "stdout",
-        "garbage",
-        "fail",
-        "env",
-    ] {
+    for mode in HOSTILE {
         let connector = format!("hostile_{mode}");
         let (s, b) = upload(
             &app.client,
@@ -392,6 +396,7 @@ async fn hostile_extractors_go_dead_with_their_cause_and_leave_no_process() {
             "fail",
             "the extractor exited with status 1; its stderr ends: cannot read the export: sheet 'Buchungen' missing",
         ),
+        ("abort", "the extractor was killed by signal 6"),
     ];
     for (mode, id) in &jobs {
         let v = wait_done(&app.client, &base, *id).await;
@@ -420,15 +425,6 @@ async fn hostile_extractors_go_dead_with_their_cause_and_leave_no_process() {
     );
     // No extractor is left running, whatever it did (this test's modes; another test runs
     // the same script as `slow`).
-    let modes = [
-        "memory",
-        "loop",
-        "grandchild",
-        "stdout",
-        "garbage",
-        "fail",
-        "env",
-    ];
     let left: Vec<Vec<String>> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -438,7 +434,7 @@ async fn hostile_extractors_go_dead_with_their_cause_and_leave_no_process() {
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect::<Vec<_>>()
         })
-        .filter(|args| args.contains(&script) && args.iter().any(|a| modes.contains(&a.as_str())))
+        .filter(|args| args.contains(&script) && args.iter().any(|a| HOSTILE.contains(&a.as_str())))
         .collect();
     assert!(left.is_empty(), "extractors left running: {left:?}");
     // What the extractor saw: only its own environment (plus PATH, LANG, HOME = the job's

@@ -41,6 +41,8 @@ elif mode == "stdout":
 elif mode == "garbage":
     with open(dst, "w") as f:
         f.write("Traceback? no: this is not JSON")
+elif mode == "abort":
+    os.abort()  # SIGABRT
 elif mode == "fail":
     print("cannot read the export: sheet 'Buchungen' missing", file=sys.stderr)
     sys.exit(1)
