@@ -38,6 +38,7 @@ use std::time::Instant;
 use common::{median, start_server, upload, wait_promoted};
 use etlq::configuration::Settings;
 use etlq::etl::parse::parse_workbook;
+use etlq::startup::CheckedSettings;
 
 const ROWS: usize = 200_000;
 

@@ -22,6 +22,7 @@ use etlq::lifecycle::Lifecycle;
 use etlq::metrics::Metrics;
 use etlq::sources::ingest::Ingest;
 use etlq::sources::{SourceSet, SourceStore, Watcher, WatcherConfig};
+use etlq::startup::CheckedSettings;
 use etlq::startup::{Application, Role};
 
 const SECRET: &str = "bench-secret-0123456789";

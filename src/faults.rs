@@ -1,12 +1,23 @@
 //! Fault-injection points in production code paths. In a release build (no `test-aids`
-//! feature) every point is an empty inline function.
+//! feature) every point is an empty inline function. The aids themselves live in `testing/`
+//! and are plugged in by `startup.rs`; this module only names the point.
+
+#[cfg(feature = "test-aids")]
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 
 use crate::pipeline::{StageContext, StageError};
+
+/// What a test may do at the pause point inside a stage.
+pub trait StagePause: Send + Sync + std::fmt::Debug {
+    fn pause<'a>(&'a self, ctx: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>>;
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     #[cfg(feature = "test-aids")]
-    pub(crate) pause: Option<crate::testing::Pause>,
+    pub(crate) pause: Option<Arc<dyn StagePause>>,
 }
 
 impl Faults {

@@ -313,13 +313,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn source_blobs(&self, source: &str, c: &crate::sources::RunCounts) {
-        for (outcome, n) in [
-            ("listed", c.listed),
-            ("new", c.new),
-            ("duplicate", c.duplicate),
-            ("skipped", c.skipped),
-        ] {
+    /// Blobs a listing found, by outcome (`listed`, `new`, `duplicate`, `skipped`).
+    pub fn source_blobs(&self, source: &str, by_outcome: &[(&'static str, u64)]) {
+        for &(outcome, n) in by_outcome {
             self.source_blobs
                 .get_or_create(&SourceBlobLabels {
                     source: source.into(),

@@ -8,6 +8,7 @@
 //!    open after `api.shutdown_grace_ms`;
 //! 3. `Application::wait` returns when every task has finished.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +20,10 @@ use tokio_util::task::TaskTracker;
 use crate::api::server::{self, ServerConfig};
 use crate::api::{self, AppState, Surface};
 use crate::audit::AuditLog;
-use crate::configuration::{Settings, SinkKind};
+use crate::configuration::{ConfigError, Settings, SinkKind};
 use crate::datasets::DatasetStore;
 use crate::db::Pools;
+use crate::etl::connector::Connector;
 use crate::etl::{EtlContext, Isolation};
 use crate::faults::Faults;
 use crate::fleet::{FleetStore, WorkerInfo};
@@ -34,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Registry, noop_kind};
 use crate::queue::JobStore;
 use crate::sink::{DocumentSink, PgSink};
+use crate::sources::Source;
 use crate::sources::ingest::Ingest;
 use crate::sources::{SourceSet, SourceStore, Watcher, WatcherConfig};
 use crate::storage::BlobStore;
@@ -133,6 +136,46 @@ pub async fn etl_context(settings: &Settings, pools: &Pools) -> Result<EtlContex
 
 /// The job kinds a build of this binary runs: `noop`, `etl`, and with the `test-aids`
 /// feature the `test` kind. The CLI checks `enqueue --kind` against the same list.
+/// The parts of the settings that take other modules to check — connectors (`etl`) and
+/// sources (`sources`) — so that `configuration` stays a leaf. `etlq` checks them right after
+/// loading (every command, `config check` included); `Application::build` uses them.
+pub trait CheckedSettings {
+    /// Every configured connector, checked.
+    fn connectors(&self) -> Result<BTreeMap<String, Connector>, ConfigError>;
+    /// Every configured source, checked against the connectors and the blob store.
+    fn sources(&self) -> Result<BTreeMap<String, Source>, ConfigError>;
+    /// Both, for a command that only needs to know the settings hold together.
+    fn check(&self) -> Result<(), ConfigError> {
+        self.connectors()?;
+        self.sources()?;
+        Ok(())
+    }
+}
+
+impl CheckedSettings for Settings {
+    fn connectors(&self) -> Result<BTreeMap<String, Connector>, ConfigError> {
+        self.connectors
+            .iter()
+            .map(|(name, spec)| {
+                Connector::new(name, spec.clone())
+                    .map(|c| (name.clone(), c))
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn sources(&self) -> Result<BTreeMap<String, Source>, ConfigError> {
+        let connectors: Vec<&str> = self.connectors.keys().map(String::as_str).collect();
+        crate::sources::check_all(
+            &self.sources,
+            &connectors,
+            &crate::sources::StoreScope::from_blob_url(&self.blob.url),
+            !self.api.tokens.is_empty(),
+        )
+        .map_err(ConfigError::Invalid)
+    }
+}
+
 pub fn kind_names() -> Vec<&'static str> {
     let mut names = vec![crate::pipeline::NOOP_KIND, crate::etl::ETL_KIND];
     #[cfg(feature = "test-aids")]
@@ -178,7 +221,10 @@ impl Application {
                 .await
                 .map_err(|e| StartupError::Other(format!("test aids: {e}")))?;
             crate::testing::register(&mut registry, runs.clone());
-            etl.faults.pause = Some(crate::testing::Pause::new(runs, settings.testing.clone()));
+            etl.faults.pause = Some(std::sync::Arc::new(crate::testing::Pause::new(
+                runs,
+                settings.testing.clone(),
+            )));
         }
         let etl = Arc::new(etl);
         registry.register(etl.kind());
@@ -345,5 +391,121 @@ impl Application {
     /// Waits until everything started here has finished.
     pub async fn wait(self) {
         self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    /// Loading as `etlq` does: the settings, then the connectors and sources they name.
+    fn load(
+        path: Option<&std::path::Path>,
+        env: &[(String, String)],
+    ) -> Result<Settings, ConfigError> {
+        let s = Settings::load_with_env(path, env)?;
+        s.check()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn the_sample_connectors_load_from_the_embedded_defaults() {
+        let c = Settings::defaults().connectors().unwrap();
+        assert!(c.contains_key("sap_fbl3n"), "{:?}", c.keys());
+        assert!(c.contains_key("trial_balance"), "{:?}", c.keys());
+        assert_eq!(c["sap_fbl3n"].spec.locale.decimal_separator, ',');
+    }
+
+    const SOURCES: &str = r#"
+[sources.nightly_gl]
+kind = "watch"
+prefix = "incoming/"
+path = "incoming/{bu_id}/{file}"
+connector = "sap_fbl3n"
+schedule = "*/5 * * * *"
+timezone = "Europe/Berlin"
+min_age_ms = 10000
+
+[sources.grid]
+kind = "eventgrid"
+prefix = "drop/"
+bu_id = "BU-1000"
+connector = "trial_balance"
+reconcile = "0 * * * *"
+container = "exports"
+"#;
+
+    #[test]
+    fn sources_are_checked_and_secrets_come_from_the_environment_only() {
+        let f = file(SOURCES);
+        // An eventgrid source with neither a secret nor API tokens would be an open endpoint.
+        let err = load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("sources.grid") && err.contains("ETLQ__SOURCES__GRID__SECRET"),
+            "{err}"
+        );
+        let s = load(
+            Some(f.path()),
+            &env(&[("ETLQ__SOURCES__GRID__SECRET", "0123456789abcdef0")]),
+        )
+        .unwrap();
+        let sources = s.sources().unwrap();
+        assert_eq!(sources["nightly_gl"].matcher.prefix(), "incoming/");
+        assert_eq!(sources["grid"].secret.as_deref(), Some("0123456789abcdef0"));
+        assert!(!s.to_masked_toml().contains("0123456789abcdef0"));
+
+        let in_file = file(&format!("{SOURCES}secret = \"0123456789abcdef0\"\n"));
+        let err = load(Some(in_file.path()), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("sources.grid.secret") && err.contains("environment only"),
+            "{err}"
+        );
+
+        let typo = file(&SOURCES.replace("min_age_ms", "min_age"));
+        let err = load(Some(typo.path()), &[]).unwrap_err().to_string();
+        assert!(err.contains("min_age"), "{err}");
+
+        let env_ok = [("ETLQ__SOURCES__GRID__SECRET", "0123456789abcdef0")];
+        for (from, to, says) in [
+            ("*/5 * * * *", "*/5 * * *", "4 fields"),
+            ("Europe/Berlin", "Europe/Atlantis", "IANA"),
+            (
+                "connector = \"sap_fbl3n\"",
+                "connector = \"nope\"",
+                "not configured",
+            ),
+            (
+                "prefix = \"incoming/\"",
+                "prefix = \"runs/\"",
+                "etlq keeps its own",
+            ),
+            (
+                "path = \"incoming/{bu_id}/{file}\"",
+                "path = \"incoming/{file}\"",
+                "bu_id",
+            ),
+        ] {
+            let bad = file(&SOURCES.replacen(from, to, 1));
+            let err = load(Some(bad.path()), &env(&env_ok))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("sources.nightly_gl") && err.contains(says),
+                "{to}: {err}"
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extractors::{JobId, Json, Query};
+use crate::etl::artifact;
 use crate::etl::submit::{self, Submission};
 use crate::etl::{ETL_KIND, EtlPayload};
 use crate::queue::{Actor, Enqueued, Job, JobEvent, JobState, ListFilter, NewJob};
@@ -297,20 +298,17 @@ pub async fn rejected(
         )));
     }
     etl_job(&state, id, "rejected rows").await?;
-    let (rows, total) =
-        match crate::etl::artifact::rejected_page(&state.etl.blobs, id, q.offset, limit).await {
-            Ok(page) => page,
-            Err(crate::storage::StorageError::NotFound(_)) => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_extracted_yet",
-                    format!(
-                        "job {id} has no rejected-rows artifact yet (extract has not finished)"
-                    ),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        };
+    let (rows, total) = match state.etl.blobs.get(&artifact::rejected_key(id)).await {
+        Ok(bytes) => artifact::rejected_page(&bytes, q.offset, limit),
+        Err(crate::storage::StorageError::NotFound(_)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_extracted_yet",
+                format!("job {id} has no rejected-rows artifact yet (extract has not finished)"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(axum::Json(json!({
         "job_id": id,
         "offset": q.offset,

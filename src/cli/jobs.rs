@@ -5,6 +5,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use etlq::configuration::Settings;
+use etlq::etl::artifact;
 use etlq::etl::submit::{self, Submission};
 use etlq::etl::{ETL_KIND, EtlPayload};
 use etlq::fleet::FleetStore;
@@ -16,8 +17,8 @@ use super::{exit, output};
 
 #[derive(Args)]
 pub struct EnqueueArgs {
-    /// The job kind (`etlq enqueue --help` lists this build's kinds in the error).
-    #[arg(long)]
+    /// The job kind: one this build runs.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(kind_names()))]
     kind: String,
     /// The payload, as JSON. For `etl`: {"bu_id", "connector", "source_blob"} naming a
     /// workbook already in the blob store.
@@ -324,10 +325,8 @@ pub async fn jobs(settings: &Settings, action: JobsCmd, json: bool) -> anyhow::R
                 );
             }
             let blobs = BlobStore::open(&settings.blob).await?;
-            let (rows, total) = match etlq::etl::artifact::rejected_page(&blobs, id, offset, limit)
-                .await
-            {
-                Ok(p) => p,
+            let (rows, total) = match blobs.get(&artifact::rejected_key(id)).await {
+                Ok(bytes) => artifact::rejected_page(&bytes, offset, limit),
                 Err(etlq::storage::StorageError::NotFound(_)) => {
                     bail!("job {id} has no rejected-rows artifact yet (extract has not finished)")
                 }

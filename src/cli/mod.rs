@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use etlq::configuration::Settings;
 use etlq::db::Pools;
+use etlq::startup::CheckedSettings;
 use etlq::startup::{Application, Role};
 
 /// Exit codes, documented in `etlq --help`.
@@ -39,7 +40,8 @@ Exit codes:
   2  usage or configuration error
   3  timed out (`drain --wait`, `upload --wait`, `jobs wait`, `sources tick --wait`)
   4  the job ended dead (`upload --wait`, `jobs wait`), or would (`connectors preview`)
-  5  the job was cancelled (`upload --wait`, `jobs wait`)";
+  5  the job was cancelled (`upload --wait`, `jobs wait`)
+The shell shows 141 (SIGPIPE) when the output's reader stopped reading (`| head`).";
 
 #[derive(Parser)]
 #[command(
@@ -137,11 +139,22 @@ pub async fn pools(settings: &Settings) -> anyhow::Result<Pools> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that print end quietly when their reader goes away (`etlq jobs list | head`),
+    // as Unix tools do, instead of panicking on the closed pipe. Not the serving commands:
+    // there a client closing its connection must be an error to handle, not a signal.
+    if !matches!(cli.command, Cmd::Serve(_) | Cmd::Worker(_) | Cmd::Api(_)) {
+        // SAFETY: restoring the default disposition of one signal, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Cmd::Completions { shell } = cli.command {
         clap_complete::generate(shell, &mut Cli::command(), "etlq", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
-    let settings = match Settings::load(cli.config.as_deref()) {
+    // Connectors and sources are checked here too: a mistake in them fails every command,
+    // `config check` included, before anything starts.
+    let settings = match Settings::load(cli.config.as_deref()).and_then(|s| s.check().map(|()| s)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("etlq: {e}");

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use etlq::configuration::Settings;
 use etlq::sources::{LedgerFilter, RunRow, Source, SourceStore};
+use etlq::startup::CheckedSettings;
 
 use super::{exit, output};
 

@@ -3,7 +3,11 @@
 //! refuses unknown keys, so a typo is an error naming where it came from, never a silently
 //! ignored setting.
 
+pub mod connector;
 mod load;
+pub mod source;
+#[cfg(feature = "test-aids")]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use load::ConfigError;
 
-use crate::etl::connector::{Connector, ConnectorSpec};
+use connector::ConnectorSpec;
 
 pub(crate) const DEFAULTS: &str = include_str!("../../config/default.toml");
 #[cfg(feature = "test-aids")]
@@ -36,10 +40,14 @@ pub struct Settings {
     pub connectors: BTreeMap<String, ConnectorSpec>,
     /// Blob prefixes watched on a schedule and Event Grid webhooks, by name (issue 16).
     #[serde(default)]
-    pub sources: BTreeMap<String, crate::sources::SourceSpec>,
+    pub sources: BTreeMap<String, source::SourceSpec>,
     /// Test aids (builds with the `test-aids` feature only).
     #[cfg(feature = "test-aids")]
-    pub testing: crate::testing::TestingSettings,
+    pub testing: testing::TestingSettings,
+    /// Where each setting not left at the embedded defaults came from (dotted path → the
+    /// file or variable), for `etlq config check`.
+    #[serde(skip)]
+    pub origins: BTreeMap<String, String>,
 }
 
 /// Where sources and artifacts live: a local directory or Azure Blob Storage.
@@ -359,8 +367,6 @@ impl Settings {
                 return bad("sink.cosmos.partitions_per_version must be between 1 and 1000");
             }
         }
-        self.connectors()?;
-        self.sources()?;
         if self.maintenance.source_poll_interval_ms == 0 {
             return bad("maintenance.source_poll_interval_ms must be at least 1");
         }
@@ -368,30 +374,6 @@ impl Settings {
             return bad("maintenance.source_lease_ms must be at least 1000");
         }
         Ok(())
-    }
-
-    /// Every configured source, checked against the connectors and the blob store.
-    pub fn sources(&self) -> Result<BTreeMap<String, crate::sources::Source>, ConfigError> {
-        let connectors: Vec<&str> = self.connectors.keys().map(String::as_str).collect();
-        crate::sources::check_all(
-            &self.sources,
-            &connectors,
-            &crate::sources::StoreScope::from_blob_url(&self.blob.url),
-            !self.api.tokens.is_empty(),
-        )
-        .map_err(ConfigError::Invalid)
-    }
-
-    /// Every configured connector, checked.
-    pub fn connectors(&self) -> Result<BTreeMap<String, Connector>, ConfigError> {
-        self.connectors
-            .iter()
-            .map(|(name, spec)| {
-                Connector::new(name, spec.clone())
-                    .map(|c| (name.clone(), c))
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))
-            })
-            .collect()
     }
 
     /// The effective settings as TOML, secrets masked (`etlq config check`).
@@ -416,8 +398,45 @@ impl Settings {
             let _ = u.set_password(Some("********"));
             s.database.url = u.to_string();
         }
-        toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render: {e}"))
+        let text = toml::to_string_pretty(&s).unwrap_or_else(|e| format!("# cannot render: {e}"));
+        annotate_origins(&text, &self.origins)
     }
+}
+
+/// Appends `# from …` to each line of `text` (TOML as `to_string_pretty` writes it) whose
+/// setting — or whose table, for inline tables and arrays — was set outside the defaults.
+fn annotate_origins(text: &str, origins: &BTreeMap<String, String>) -> String {
+    let mut out = String::from(
+        "# Effective settings. A line without a `# from` comment has the embedded default.\n",
+    );
+    let mut section = String::new();
+    for line in text.lines() {
+        out.push_str(line);
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            section = name.trim_matches(['[', ']']).replace('"', "");
+        } else if let Some((key, _)) = t.split_once(" = ") {
+            let key = key.trim().trim_matches('"');
+            let path = if section.is_empty() {
+                key.to_string()
+            } else {
+                format!("{section}.{key}")
+            };
+            let prefix = format!("{path}.");
+            let from = origins.get(&path).or_else(|| {
+                origins
+                    .iter()
+                    .find(|(k, _)| k.starts_with(&prefix))
+                    .map(|(_, v)| v)
+            });
+            if let Some(from) = from {
+                out.push_str("  # from ");
+                out.push_str(from);
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl WorkerSettings {
@@ -446,14 +465,6 @@ mod tests {
     #[test]
     fn embedded_defaults_are_valid() {
         Settings::defaults().validate().unwrap();
-    }
-
-    #[test]
-    fn the_sample_connectors_load_from_the_embedded_defaults() {
-        let c = Settings::defaults().connectors().unwrap();
-        assert!(c.contains_key("sap_fbl3n"), "{:?}", c.keys());
-        assert!(c.contains_key("trial_balance"), "{:?}", c.keys());
-        assert_eq!(c["sap_fbl3n"].spec.locale.decimal_separator, ',');
     }
 
     #[test]

@@ -133,17 +133,19 @@ pub fn write_line(
     Ok(hash)
 }
 
-/// A page of a run's rejected rows (`runs/{job}/rejected.ndjson`) and how many there are.
-pub async fn rejected_page(
-    blobs: &crate::storage::BlobStore,
-    job_id: i64,
+/// Where a run's rejected rows are (`runs/{job}/rejected.ndjson`).
+pub fn rejected_key(job_id: i64) -> String {
+    format!("{}/{REJECTED}", run_prefix(job_id))
+}
+
+/// A page of a run's rejected rows (the bytes of its `rejected_key`) and how many there are.
+/// Plain parsing: the caller reads the blob (this module does no I/O).
+pub fn rejected_page(
+    bytes: &[u8],
     offset: usize,
     limit: usize,
-) -> Result<(Vec<super::mapping::RejectedRow>, usize), crate::storage::StorageError> {
-    let bytes = blobs
-        .get(&format!("{}/{REJECTED}", run_prefix(job_id)))
-        .await?;
-    let text = String::from_utf8_lossy(&bytes);
+) -> (Vec<super::mapping::RejectedRow>, usize) {
+    let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     let page = lines
         .iter()
@@ -151,7 +153,7 @@ pub async fn rejected_page(
         .take(limit)
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    Ok((page, lines.len()))
+    (page, lines.len())
 }
 
 #[derive(Deserialize)]

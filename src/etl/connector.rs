@@ -6,100 +6,11 @@ use std::borrow::Cow;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use super::coerce::{Cell, ColumnType, Locale, Value, as_text, coerce, normalize_header, text_of};
-use super::extractor::ExtractorSpec;
+use super::coerce::{Cell, ColumnType, Value, as_text, coerce, normalize_header, text_of};
 use super::workbook::TextOptions;
-use super::workbook::detect::{SourceFormat, TextEncoding};
+use super::workbook::detect::SourceFormat;
 
-/// Which sheet to read.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum SheetRef {
-    /// 0-based position in the workbook.
-    Index(usize),
-    Name(String),
-}
-
-/// Where the header row is.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum HeaderRef {
-    /// 1-based row number, as Excel shows it.
-    Row(usize),
-    /// `"auto"`: the first row holding every required header within `header_search_rows`.
-    Auto(String),
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ColumnSpec {
-    /// Field name in the output records.
-    pub name: String,
-    /// Header text to match (case- and whitespace-insensitive).
-    pub header: String,
-    #[serde(rename = "type")]
-    pub ty: ColumnType,
-    #[serde(default)]
-    pub required: bool,
-    /// Key columns make the document id (with bu_id and connector).
-    #[serde(default)]
-    pub key: bool,
-    /// Decimal columns: the number of places every value is written with (`-4871` →
-    /// `"-4871.00"`); a value with more places is rejected, never rounded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scale: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectorSpec {
-    /// Workbooks: which sheet (default: the first). Text formats have one table.
-    #[serde(default = "first_sheet")]
-    pub sheet: SheetRef,
-    #[serde(default = "auto_header")]
-    pub header: HeaderRef,
-    /// `auto` (by content), `workbook`, `csv` or `html`.
-    #[serde(default)]
-    pub format: SourceFormat,
-    /// Text files: `auto`, `utf-8`, `utf-16le`, `utf-16be` or `windows-1252`.
-    #[serde(default)]
-    pub encoding: TextEncoding,
-    /// Delimited text: `,` `;` `\t` `|` (default: sniffed from the first lines).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delimiter: Option<char>,
-    /// A command that extracts the records instead of the built-in reader.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extractor: Option<ExtractorSpec>,
-    #[serde(default = "default_search_rows")]
-    pub header_search_rows: usize,
-    pub columns: Vec<ColumnSpec>,
-    #[serde(default = "yes")]
-    pub skip_blank_rows: bool,
-    /// Rows whose key column's text matches one of these regexes are skipped (subtotals).
-    #[serde(default)]
-    pub skip_key_patterns: Vec<String>,
-    #[serde(default)]
-    pub locale: Locale,
-    /// Largest share of data rows that may be rejected before the file fails (0.0–1.0).
-    #[serde(default = "default_reject_ratio")]
-    pub max_rejected_ratio: f64,
-}
-
-fn first_sheet() -> SheetRef {
-    SheetRef::Index(0)
-}
-fn auto_header() -> HeaderRef {
-    HeaderRef::Auto("auto".into())
-}
-fn default_search_rows() -> usize {
-    20
-}
-fn yes() -> bool {
-    true
-}
-fn default_reject_ratio() -> f64 {
-    0.05
-}
+pub use crate::configuration::connector::{ColumnSpec, ConnectorSpec, HeaderRef, SheetRef};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConnectorError {

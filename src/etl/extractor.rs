@@ -10,7 +10,6 @@
 //! extract child itself is told to stop (`SIGTERM`: the worker's timeout, a cancel, or the
 //! worker's death through `PR_SET_PDEATHSIG`), it kills the command's group first.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,62 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use super::workbook::records::RecordsFormat;
 
-/// Where the command writes its records.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputChannel {
-    /// The file named by `{output}` in the command.
-    #[default]
-    File,
-    Stdout,
-}
+pub use crate::configuration::connector::{ExtractorSpec, OutputChannel};
 
-pub const DEFAULT_TIMEOUT_MS: u64 = 600_000;
-pub const DEFAULT_MEMORY_LIMIT_MB: u64 = 2048;
-pub const DEFAULT_MAX_OUTPUT_MB: u64 = 4096;
 /// stdout (when it is not the output) and stderr: bytes kept of each, and the most stdout a
 /// command may write before it is stopped.
 const TAIL: usize = 8 * 1024;
 const MAX_LOG_BYTES: u64 = 64 << 20;
-
-/// `extractor = { … }` on a connector.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractorSpec {
-    /// Program and arguments; `{input}` is the staged source file (with its extension),
-    /// `{output}` a file in the job's work directory.
-    pub command: Vec<String>,
-    #[serde(default)]
-    pub output: OutputChannel,
-    #[serde(default)]
-    pub format: RecordsFormat,
-    /// JSON: the dotted path of the records array in the document (absent: the top level).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub records: Option<String>,
-    /// The command's whole environment besides PATH, LANG and HOME.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default = "default_memory_limit_mb")]
-    pub memory_limit_mb: u64,
-    /// Largest output the command may write (file or stdout).
-    #[serde(default = "default_max_output_mb")]
-    pub max_output_mb: u64,
-    /// Where the command runs (default: the worker's working directory).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub working_dir: Option<PathBuf>,
-}
-
-fn default_timeout_ms() -> u64 {
-    DEFAULT_TIMEOUT_MS
-}
-fn default_memory_limit_mb() -> u64 {
-    DEFAULT_MEMORY_LIMIT_MB
-}
-fn default_max_output_mb() -> u64 {
-    DEFAULT_MAX_OUTPUT_MB
-}
 
 impl ExtractorSpec {
     pub fn check(&self) -> Result<(), String> {

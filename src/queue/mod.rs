@@ -5,6 +5,7 @@ mod backoff;
 mod dead_letters;
 mod filter;
 mod listen;
+mod reads;
 mod stats;
 mod store;
 mod types;

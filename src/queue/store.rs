@@ -1,5 +1,5 @@
-//! `JobStore`'s statements: enqueue, claim, apply transitions, leases, rescue, cancel, list,
-//! cleanup.
+//! `JobStore`'s statements: enqueue, claim, apply transitions, leases, rescue, cancel, cleanup
+//! (reads are in `reads.rs`).
 
 use std::time::Duration;
 
@@ -7,10 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::filter::{ListFilter, bind_filter, filter_sql};
 use super::{
-    Actor, CANCEL_CHANNEL, ClaimedJob, Enqueued, Job, JobEvent, JobState, NewJob, QueueError,
-    RescueRules, Rescued, Transition, TransitionEvent,
+    Actor, CANCEL_CHANNEL, ClaimedJob, Enqueued, JobState, NewJob, QueueError, RescueRules,
+    Rescued, Transition, TransitionEvent,
 };
 use crate::db::{Pools, Tx};
 
@@ -722,62 +721,6 @@ impl JobStore {
         }
         tx.commit().await?;
         Ok(prev)
-    }
-
-    pub async fn get(&self, job_id: i64) -> Result<Job, QueueError> {
-        sqlx::query_as::<_, Job>("SELECT * FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or(QueueError::NotFound(job_id))
-    }
-
-    pub async fn events(&self, job_id: i64) -> Result<Vec<JobEvent>, QueueError> {
-        Ok(
-            sqlx::query_as::<_, JobEvent>("SELECT * FROM job_events WHERE job_id = $1 ORDER BY id")
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Newest first; the cursor is the last id of the previous page.
-    pub async fn list(
-        &self,
-        filter: &ListFilter,
-        cursor: Option<i64>,
-        limit: i64,
-    ) -> Result<Page<Job>, QueueError> {
-        filter.check()?;
-        let sql = concat!(
-            "SELECT * FROM jobs WHERE ",
-            filter_sql!(),
-            " AND ($7::int8 IS NULL OR id < $7) ORDER BY id DESC LIMIT $8"
-        );
-        let jobs = bind_filter!(sqlx::query_as::<_, Job>(sql), filter)
-            .bind(cursor)
-            .bind(limit + 1)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(Page::from_rows(jobs, limit, |j| j.id))
-    }
-
-    /// Dead letters not yet retried (metrics).
-    pub async fn open_dead_letter_count(&self) -> Result<i64, QueueError> {
-        Ok(
-            sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE retried_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?,
-        )
-    }
-
-    /// Job counts per state (for `status` and metrics).
-    pub async fn counts(&self) -> Result<Vec<(String, i64)>, QueueError> {
-        Ok(
-            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await?,
-        )
     }
 
     /// Deletes finished jobs and their history past retention, in batches. Returns jobs deleted.

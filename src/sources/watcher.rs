@@ -184,7 +184,15 @@ impl Watcher {
         let label = if error.is_none() { "ok" } else { "failed" };
         self.metrics
             .source_tick(&source.name, claim.trigger.as_str(), label);
-        self.metrics.source_blobs(&source.name, &counts);
+        self.metrics.source_blobs(
+            &source.name,
+            &[
+                ("listed", counts.listed),
+                ("new", counts.new),
+                ("duplicate", counts.duplicate),
+                ("skipped", counts.skipped),
+            ],
+        );
         if let Err(e) = self
             .ingest
             .store()

@@ -6,7 +6,6 @@ mod test_kind;
 
 use std::time::Duration;
 
-use serde::Deserialize;
 use sqlx::PgPool;
 
 use crate::db::Pools;
@@ -14,22 +13,7 @@ use crate::pipeline::{Registry, StageContext, StageError};
 
 pub use test_kind::{TEST_KIND, TEST_STAGES};
 
-/// `[testing]` settings (accepted only by builds with the feature).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TestingSettings {
-    /// Each stage (or only `pause_stage`) pauses this long after its first write.
-    pub pause_in_stage_ms: u64,
-    /// Only this stage pauses (empty: every stage).
-    pub pause_stage: String,
-    /// Source listings pause this long after each page, so a test can kill a process
-    /// mid-listing.
-    pub source_page_delay_ms: u64,
-    /// Blobs per source listing page (0: the release size).
-    pub source_page_size: usize,
-}
-
-use serde::Serialize;
+pub use crate::configuration::testing::TestingSettings;
 
 /// The aids' own table access (`test_stage_runs`, `test_pauses`), created at startup.
 #[derive(Clone, Debug)]
@@ -101,12 +85,21 @@ pub struct Pause {
     settings: TestingSettings,
 }
 
+impl crate::faults::StagePause for Pause {
+    fn pause<'a>(
+        &'a self,
+        ctx: &'a StageContext,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(self.pause_here(ctx))
+    }
+}
+
 impl Pause {
     pub fn new(runs: TestRuns, settings: TestingSettings) -> Self {
         Pause { runs, settings }
     }
 
-    pub async fn pause(&self, ctx: &StageContext) -> Result<(), StageError> {
+    async fn pause_here(&self, ctx: &StageContext) -> Result<(), StageError> {
         let ms = self.settings.pause_in_stage_ms;
         let only = &self.settings.pause_stage;
         if ms == 0 || !(only.is_empty() || only.as_str() == &*ctx.stage) {

@@ -2,6 +2,7 @@
 //! fantoccini). The test command installs Debian's `chromium` and `chromium-driver` when
 //! missing; `ETLQ_CHROMEDRIVER` / `ETLQ_CHROMIUM` override where they are.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub const UI_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// Chromium's profile: also how its processes are found if one left the group.
+    profile: tempfile::TempDir,
     shots: PathBuf,
     shot_no: usize,
 }
@@ -29,17 +32,22 @@ impl Browser {
             std::env::var("ETLQ_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let chromium =
             std::env::var("ETLQ_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-        assert!(
-            std::path::Path::new(&driver_bin).exists(),
-            "{driver_bin} is missing: scripts/test installs chromium and chromium-driver"
-        );
+        if !std::path::Path::new(&driver_bin).exists() {
+            crate::helpers::missing_service(&format!(
+                "{driver_bin} is missing (Debian's chromium and chromium-driver)"
+            ));
+        }
         let port = free_port();
+        // Its own process group, which the Chromium it starts inherits: dropping the Browser
+        // (a test that panics included) kills them all, not only chromedriver.
         let driver = Command::new(&driver_bin)
             .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("start chromedriver");
+        let profile = tempfile::tempdir().expect("a browser profile directory");
         let url = format!("http://127.0.0.1:{port}");
         wait_for(
             Duration::from_secs(20),
@@ -57,7 +65,8 @@ impl Browser {
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--window-size=1280,1000",
-                         "--no-first-run", "--disable-extensions"],
+                         "--no-first-run", "--disable-extensions",
+                         format!("--user-data-dir={}", profile.path().display())],
             }),
         );
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -74,6 +83,7 @@ impl Browser {
         Browser {
             client,
             driver,
+            profile,
             shots,
             shot_no: 0,
         }
@@ -184,13 +194,7 @@ impl Browser {
         self.js("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0);")
             .await;
         for n in 1..=200 {
-            self.client
-                .active_element()
-                .await
-                .expect("active element")
-                .send_keys("\u{E004}")
-                .await
-                .expect("press Tab");
+            self.press("\u{E004}").await;
             let active = self.js("return document.activeElement.id;").await;
             if active == json!(id) {
                 return n;
@@ -201,24 +205,62 @@ impl Browser {
 
     /// Presses Enter on the focused element.
     pub async fn press_enter(&self) {
-        self.client
-            .active_element()
-            .await
-            .expect("active element")
-            .send_keys("\u{E007}")
-            .await
-            .expect("press Enter");
+        self.press("\u{E007}").await;
     }
 
-    pub async fn close(mut self) {
+    /// Presses a key as the keyboard does: to whatever has the focus. Not `send_keys` on
+    /// the active element: the page's live refresh may replace that element between looking
+    /// it up and typing into it, which WebDriver answers with "element not interactable"
+    /// (the race behind a console test that failed once in a full run).
+    async fn press(&self, key: &str) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let value = key.chars().next().expect("a key");
+        let keys = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value })
+            .then(KeyAction::Up { value });
+        self.client
+            .perform_actions(keys)
+            .await
+            .unwrap_or_else(|e| panic!("press {key:?}: {e}"));
+    }
+
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // Drop stops the processes.
+    }
+
+    /// Processes whose command line names this browser's profile directory.
+    pub fn browser_pids(&self) -> Vec<i32> {
+        let marker = format!("--user-data-dir={}", self.profile.path().display());
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                String::from_utf8_lossy(&cmd)
+                    .contains(&marker)
+                    .then_some(pid)
+            })
+            .collect()
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = self.driver.id() as i32;
+        // SAFETY: signalling the process group this Browser started (chromedriver leads it).
+        unsafe {
+            libc::killpg(group, libc::SIGKILL);
+        }
+        let _ = self.driver.wait();
+        // A Chromium process that left the group is still found by its profile.
+        for pid in self.browser_pids() {
+            // SAFETY: a process started for this Browser (its command line names our profile).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }

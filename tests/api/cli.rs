@@ -36,8 +36,11 @@ async fn enqueue_status_and_dead_letter_commands() {
     );
     assert_eq!(out.lines().count(), 1);
     let (code, _, err) = etlq(&db.url, &["enqueue", "--kind", "nope"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("unknown job kind"), "{err}");
+    assert_eq!(code, 2, "a usage error");
+    assert!(
+        err.contains("invalid value 'nope'") && err.contains("[possible values: etl, noop"),
+        "{err}"
+    );
     let (code, _, err) = etlq(
         &db.url,
         &["enqueue", "--kind", "noop", "--payload", "{oops"],
@@ -49,6 +52,27 @@ async fn enqueue_status_and_dead_letter_commands() {
     assert_eq!(code, 0);
     let status: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["jobs"]["queued"], 3);
+
+    // Output whose reader goes away (`| head`, here a reader that reads nothing): a quiet
+    // end by SIGPIPE like any Unix tool (141 in the shell), never a panic (101).
+    let piped = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "{} jobs list --limit 100 | true; echo ${{PIPESTATUS[0]}}",
+                env!("CARGO_BIN_EXE_etlq")
+            ),
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env_remove("ETLQ_CONFIG")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&piped.stdout).trim().to_string();
+    let stderr = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        (status == "141" || status == "0") && !stderr.contains("panicked"),
+        "exit {status}: {stderr}"
+    );
 
     // A dead job, then list and retry it from the CLI.
     let store = db.store();
@@ -238,6 +262,18 @@ async fn config_check_validates_masks_and_names_mistakes() {
         "{out}"
     );
     assert!(out.contains("deployer = \"********\""), "{out}");
+    // Each setting's source: the variable that set it; the defaults go unannotated.
+    assert!(
+        out.contains(
+            "deployer = \"********\"  # from environment variable ETLQ__API__TOKENS__DEPLOYER"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("concurrency = ") && !l.contains("# from")),
+        "{out}"
+    );
 
     // A typo in a variable: exit 2, the variable, the key and the nearest valid key.
     let (code, _, err) = etlq_env(&db.url, &[("ETLQ__WORKER__CONCURENCY", "5")], &["status"]);
@@ -263,6 +299,19 @@ columns = [ { name = "amount", header = "Amount", type = "decimel", key = true }
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(path), "names the file: {err}");
     assert!(err.contains("did you mean \"decimal\""), "{err}");
+    // An unknown connector key far from any valid one: the valid keys, and only those.
+    std::fs::write(
+        f.path(),
+        "[connectors.invoices]\nzzz = 1\ncolumns = [ { name = \"a\", header = \"A\", type = \"string\", key = true } ]\n",
+    )
+    .unwrap();
+    let (code, _, err) = etlq_env(&db.url, &[], &["config", "check", "--config", path]);
+    assert_eq!(code, 2, "{err}");
+    let valid = err.split("valid keys: ").nth(1).unwrap_or_default();
+    assert!(
+        valid.contains("skip_blank_rows") && !valid.contains("connectors.invoices"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -445,3 +445,30 @@ async fn console_drains_and_resumes_by_keyboard_keeps_filters_in_the_url_and_ret
     b.close().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_is_stopped_even_when_its_test_panics() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let task = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let b = Browser::start("panics").await;
+            b.goto("about:blank").await;
+            *seen.lock().unwrap() = b.browser_pids();
+            panic!("a test failing with its browser open");
+        })
+    };
+    assert!(task.await.unwrap_err().is_panic());
+    let pids = seen.lock().unwrap().clone();
+    assert!(!pids.is_empty(), "Chromium was running");
+    let alive = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+            .unwrap_or(false)
+    };
+    wait_for(Duration::from_secs(10), "Chromium to be gone", || {
+        let pids = pids.clone();
+        async move { (!pids.iter().any(alive)).then_some(()) }
+    })
+    .await;
+}

@@ -25,12 +25,7 @@ const EMULATOR_KEY: &str =
     "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
 
 fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run scripts/test, which starts the Cosmos DB emulator \
-             (scripts/cosmos-env.sh)"
-        )
-    })
+    crate::helpers::service_env(name, "the Cosmos DB emulator, scripts/cosmos-env.sh")
 }
 
 /// An emulator: the shared one (tests that inject no faults), or a private one started for a

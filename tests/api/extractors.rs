@@ -192,9 +192,9 @@ async fn csv_tsv_and_html_exports_are_read_by_content_in_every_encoding() {
 /// Where `scripts/test` installed openpyxl with `pip install --target`, as the README tells
 /// users to ship a script's dependencies.
 fn pylibs() -> String {
-    std::env::var("ETLQ_TEST_PYLIBS").expect(
-        "ETLQ_TEST_PYLIBS is not set: run scripts/test, which installs openpyxl with \
-         `python3 -m pip install --target target/pylibs openpyxl`",
+    service_env(
+        "ETLQ_TEST_PYLIBS",
+        "openpyxl installed with `python3 -m pip install --target target/pylibs openpyxl`",
     )
 }
 

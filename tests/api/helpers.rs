@@ -16,6 +16,27 @@ use etlq::db::Pools;
 use etlq::queue::{JobState, JobStore, NewJob};
 use etlq::startup::{Application, Role};
 
+/// A service or tool the suite needs is missing: one line naming the command that provides
+/// it, and the test process ends at once (no backtrace, no test after it waiting on the same).
+pub fn missing_service(what: &str) -> ! {
+    use std::io::Write;
+    // Straight to the stream: the harness's capture (which `eprintln!` goes through) is lost
+    // when the process exits.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{what}: run the test suite with scripts/test, which starts or installs it"
+    );
+    std::process::exit(2)
+}
+
+/// An environment variable `scripts/test` sets for a service it started.
+pub fn service_env(name: &str, what: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| missing_service(&format!("{name} is not set ({what})")))
+}
+
 /// The server the tests use: DATABASE_URL, else the local default.
 pub fn server_url() -> String {
     std::env::var("DATABASE_URL")
@@ -84,9 +105,13 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let name = format!("{}{}", db_prefix(), uuid::Uuid::new_v4().simple());
         let admin_url = with_database(&server_url(), "postgres");
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("connect to PostgreSQL (set DATABASE_URL)");
+        let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(c) => c,
+            Err(e) => missing_service(&format!(
+                "PostgreSQL is not reachable at {} ({e}; or set DATABASE_URL)",
+                server_url()
+            )),
+        };
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await

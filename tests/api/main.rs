@@ -6,6 +6,7 @@ mod cli;
 mod console;
 mod cosmos;
 mod etl;
+mod etl_failures;
 mod etl_process;
 mod extractors;
 mod helpers;

@@ -249,7 +249,7 @@ async fn an_outage_longer_than_the_lease_costs_live_workers_nothing() {
     // every second: slower to renew than the eager rescuer below is to rescue.
     let mut survivor_env = process_env(&cluster.url(), "survivor");
     survivor_env.push(("ETLQ__WORKER__LEASE_MS".into(), "3000".into()));
-    let survivor = spawn_process("worker", &survivor_env);
+    let mut survivor = spawn_process("worker", &survivor_env);
     let held: Vec<i64> = store
         .enqueue_many(&vec![
             NewJob::new(
@@ -349,5 +349,9 @@ async fn an_outage_longer_than_the_lease_costs_live_workers_nothing() {
         after < Duration::from_secs(3),
         "rescued {after:?} after the restart"
     );
-    assert!(survivor.child.id() > 0);
+    // The survivor rode out the outage: it is still running, not restarted by anyone.
+    assert!(
+        survivor.child.try_wait().unwrap().is_none(),
+        "the surviving worker exited"
+    );
 }

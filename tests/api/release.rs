@@ -11,9 +11,9 @@ use serde_json::json;
 use crate::helpers::*;
 
 pub fn release_bin() -> PathBuf {
-    PathBuf::from(std::env::var("ETLQ_RELEASE_BIN").expect(
-        "ETLQ_RELEASE_BIN must name the etlq binary built without test aids \
-         (scripts/test builds target/release/etlq and sets it)",
+    PathBuf::from(crate::helpers::service_env(
+        "ETLQ_RELEASE_BIN",
+        "the etlq binary built without test aids, target/release/etlq",
     ))
 }
 
@@ -40,10 +40,10 @@ async fn the_release_build_has_no_test_aids() {
         )
     };
     let (code, err) = run(&["enqueue", "--kind", "test"], &[]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(2), "a usage error: {err}");
     assert!(
-        err.contains("unknown job kind \"test\"; this build runs: etl, noop"),
-        "{err}"
+        err.contains("invalid value 'test'") && err.contains("[possible values: etl, noop]"),
+        "this build runs etl and noop only: {err}"
     );
     let (code, err) = run(
         &["config", "check"],

@@ -122,8 +122,7 @@ pub async fn slots_listed_twice(pool: &sqlx::PgPool) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_grid_deliveries_on_azurite_become_one_job_per_blob_version() {
-    let endpoint = std::env::var("ETLQ_TEST_AZURITE")
-        .expect("ETLQ_TEST_AZURITE is not set: run scripts/test, which starts Azurite");
+    let endpoint = service_env("ETLQ_TEST_AZURITE", "Azurite");
     let container = format!("etlq-{}", uuid::Uuid::new_v4().simple());
     let blob = etlq::configuration::BlobSettings {
         url: format!("az://{container}/tenant-a"),

@@ -348,3 +348,156 @@ fn src_nested(path: &str) -> bool {
         && !path.starts_with("/console")
         && path != "/"
 }
+
+/// Files longer than this are split along their seams (issue 19).
+const MAX_LINES: usize = 800;
+
+/// The files of `texts` (path, text) longer than `MAX_LINES`.
+fn too_long(texts: &[(String, String)]) -> Vec<String> {
+    texts
+        .iter()
+        .filter(|(_, t)| t.lines().count() > MAX_LINES)
+        .map(|(p, t)| format!("{p} ({} lines)", t.lines().count()))
+        .collect()
+}
+
+#[test]
+fn no_source_file_is_over_800_lines() {
+    let mut texts = Vec::new();
+    for dir in ["src", "tests", "benches", "examples"] {
+        for p in sources(&root().join(dir)) {
+            let shown = p.strip_prefix(root()).unwrap().display().to_string();
+            texts.push((shown, std::fs::read_to_string(&p).unwrap()));
+        }
+    }
+    assert!(texts.len() > 100, "the walk found the sources");
+    let long = too_long(&texts);
+    assert!(long.is_empty(), "split these along their seams: {long:?}");
+    // The rule itself: one line over trips it, the limit does not.
+    let lines = |n: usize| "x\n".repeat(n);
+    assert_eq!(
+        too_long(&[("a.rs".into(), lines(MAX_LINES + 1))]),
+        ["a.rs (801 lines)"]
+    );
+    assert!(too_long(&[("a.rs".into(), lines(MAX_LINES))]).is_empty());
+}
+
+/// The top-level module a `src/`-relative path belongs to (`etl/parse.rs` → `etl`).
+fn top_module(rel: &str) -> String {
+    rel.split('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".rs")
+        .to_string()
+}
+
+/// Which top-level modules each one names (`crate::x` in its code; comments and unit-test
+/// modules aside: a test may reach anywhere without making the build circular).
+fn module_graph(
+    files: &[(String, String)],
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for (rel, code) in files {
+        let from = top_module(rel);
+        if from == "main" || from == "lib" {
+            continue;
+        }
+        let deps = graph.entry(from.clone()).or_default();
+        let code = code.split("#[cfg(test)]\nmod tests").next().unwrap();
+        for part in code.split("crate::").skip(1) {
+            let to: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !to.is_empty() && to != from {
+                deps.insert(to);
+            }
+        }
+    }
+    graph
+}
+
+/// Every circle among the modules of `graph`, each as the path that closes it.
+fn circles(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Vec<String> {
+    fn walk(
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        node: &str,
+        path: &mut Vec<String>,
+        found: &mut std::collections::BTreeSet<String>,
+    ) {
+        if let Some(i) = path.iter().position(|p| p == node) {
+            let mut cycle = path[i..].to_vec();
+            // The same circle found from another start is reported once.
+            let min = (0..cycle.len()).min_by_key(|&k| &cycle[k]).unwrap();
+            cycle.rotate_left(min);
+            cycle.push(cycle[0].clone());
+            found.insert(cycle.join(" → "));
+            return;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            walk(graph, next, path, found);
+        }
+        path.pop();
+    }
+    let mut found = std::collections::BTreeSet::new();
+    for node in graph.keys() {
+        walk(graph, node, &mut Vec::new(), &mut found);
+    }
+    found.into_iter().collect()
+}
+
+#[test]
+fn no_import_circle_between_top_level_modules() {
+    let files: Vec<(String, String)> = sources(&root().join("src"))
+        .iter()
+        .map(|p| (rel(p), code(p)))
+        .collect();
+    let graph = module_graph(&files);
+    assert!(graph.len() > 15, "modules found: {:?}", graph.keys());
+    assert!(
+        graph["configuration"].is_empty(),
+        "configuration is a leaf: it names {:?}",
+        graph["configuration"]
+    );
+    let found = circles(&graph);
+    assert!(found.is_empty(), "import circles: {found:?}");
+    // The test aids are plugged in by the wiring (startup.rs) alone.
+    let naming_testing: Vec<&String> = graph
+        .iter()
+        .filter(|(m, deps)| {
+            deps.contains("testing") && !["startup", "testing"].contains(&m.as_str())
+        })
+        .map(|(m, _)| m)
+        .collect();
+    assert!(
+        naming_testing.is_empty(),
+        "production modules naming testing: {naming_testing:?}"
+    );
+    // The rule itself: a circle through three files trips it, a chain does not.
+    let snippet = |files: &[(&str, &str)]| {
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.to_string()))
+            .collect();
+        circles(&module_graph(&files))
+    };
+    assert_eq!(
+        snippet(&[
+            ("configuration/mod.rs", "use crate::etl::connector::Spec;"),
+            ("etl/artifact.rs", "use crate::storage::BlobStore;"),
+            ("storage.rs", "use crate::configuration::BlobSettings;"),
+        ]),
+        ["configuration → etl → storage → configuration"]
+    );
+    assert!(
+        snippet(&[
+            ("etl/artifact.rs", "use crate::storage::BlobStore;"),
+            ("storage.rs", "use crate::configuration::BlobSettings;"),
+        ])
+        .is_empty()
+    );
+}

@@ -55,48 +55,87 @@ impl Delimited {
     }
 
     /// Calls `push(row, column, cell)` for every non-empty field; false from `push` stops.
-    pub fn for_each_cell(
-        &self,
-        mut push: impl FnMut(u32, u32, Cell<'static>) -> bool,
+    /// Fields borrow from the decoded text unless they hold an escaped quote (`""`): no
+    /// allocation per cell, as the xlsx reader borrows shared strings.
+    pub fn for_each_cell<'a>(
+        &'a self,
+        mut push: impl FnMut(u32, u32, Cell<'a>) -> bool,
     ) -> Result<(), WorkbookError> {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .delimiter(self.delimiter)
-            .from_reader(&self.text.as_bytes()[self.start..]);
-        let mut record = csv::StringRecord::new();
-        // Rows are numbered by the line each record starts on, as an editor shows them
-        // (blank lines are skipped by the reader, and a quoted field may span lines).
-        let skipped = u32::from(self.start > 0);
-        let bytes = &self.text.as_bytes()[self.start..];
-        let (mut cursor, mut line) = (0usize, 0u32);
-        let mut row: u32;
-        loop {
-            match reader.read_record(&mut record) {
-                Ok(false) => return Ok(()),
-                Ok(true) => {}
-                Err(e) => {
-                    return Err(WorkbookError::Corrupt(format!("delimited text: {e}")));
+        let text = &self.text[self.start..];
+        let b = text.as_bytes();
+        let d = self.delimiter;
+        // Rows are numbered by the line each record starts on, as an editor shows them (a
+        // quoted field may span lines); a `sep=` line counts.
+        let mut line = u32::from(self.start > 0);
+        let mut fields: Vec<Cow<'a, str>> = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let row = line;
+            fields.clear();
+            loop {
+                let field: Cow<'a, str>;
+                if b[i..].first() == Some(&b'"') {
+                    let start = i + 1;
+                    let mut seg = start;
+                    let mut owned: Option<String> = None;
+                    let mut j = start;
+                    // The closing quote's position; none: unterminated, the rest is the field.
+                    let end = loop {
+                        match memchr::memchr(b'"', &b[j..]) {
+                            None => break b.len(),
+                            Some(k) if b.get(j + k + 1) == Some(&b'"') => {
+                                let q = j + k;
+                                owned
+                                    .get_or_insert_with(String::new)
+                                    .push_str(&text[seg..=q]);
+                                seg = q + 2;
+                                j = q + 2;
+                            }
+                            Some(k) => break j + k,
+                        }
+                    };
+                    i = (end + 1).min(b.len());
+                    line += memchr::memchr_iter(b'\n', &b[start..end]).count() as u32;
+                    field = match owned {
+                        Some(mut o) => {
+                            o.push_str(&text[seg..end.max(seg)]);
+                            Cow::Owned(o)
+                        }
+                        None => Cow::Borrowed(&text[start..end]),
+                    };
+                    // Anything between the closing quote and the delimiter is dropped.
+                    i = memchr::memchr2(d, b'\n', &b[i.min(b.len())..]).map_or(b.len(), |n| i + n);
+                } else {
+                    let end = memchr::memchr2(d, b'\n', &b[i..]).map_or(b.len(), |n| i + n);
+                    let mut f = &text[i..end];
+                    if end < b.len() && b[end] == b'\n' {
+                        f = f.strip_suffix('\r').unwrap_or(f);
+                    }
+                    field = Cow::Borrowed(f);
+                    i = end;
+                }
+                fields.push(field);
+                match b.get(i) {
+                    Some(&c) if c == d => i += 1,
+                    Some(b'\n') => {
+                        i += 1;
+                        line += 1;
+                        break;
+                    }
+                    _ => break,
                 }
             }
-            // The reader reports where it started looking (before blank lines it skipped).
-            let mut at = record.position().map_or(0, |p| p.byte() as usize);
-            while at < bytes.len() && (bytes[at] == b'\n' || bytes[at] == b'\r') {
-                at += 1;
-            }
-            line += memchr::memchr_iter(b'\n', &bytes[cursor..at.max(cursor)]).count() as u32;
-            cursor = at.max(cursor);
-            row = line + skipped;
             // Ruler lines of SAP's list output (`|-----|-----|`) hold no data.
-            let ruler = record
-                .iter()
-                .all(|f| f.bytes().all(|b| b == b'-' || b == b' ' || b == b'='));
+            let ruler = fields.iter().all(|f| {
+                f.bytes()
+                    .all(|c| c == b'-' || c == b' ' || c == b'=' || c == b'\r')
+            });
             if !ruler {
-                for (col, field) in record.iter().enumerate() {
-                    if field.trim().is_empty() {
+                for (col, f) in fields.drain(..).enumerate() {
+                    if f.trim().is_empty() {
                         continue;
                     }
-                    if !push(row, col as u32, Cell::Text(Cow::Owned(field.to_string()))) {
+                    if !push(row, col as u32, Cell::Text(f)) {
                         return Ok(());
                     }
                 }
@@ -105,6 +144,7 @@ impl Delimited {
                 return Ok(());
             }
         }
+        Ok(())
     }
 }
 
@@ -200,6 +240,40 @@ mod tests {
         let r = rows(&d);
         assert_eq!(r[2][1].1, "rent; March\nsecond line", "{r:?}");
         assert_eq!(r[4], vec![(0, "2".into()), (1, "say \"hi\"".into())]);
+    }
+
+    /// The splitter gives the csv crate's fields (on data without rulers or blank fields'
+    /// positions that differ by design): the crate is the oracle.
+    #[test]
+    fn fields_are_what_the_csv_crate_reads() {
+        let inputs = [
+            "a;b;c\r\n1;\"x;y\";3\r\n",
+            "h1,h2\n\"multi\nline\",\"say \"\"hi\"\"\"\n,trailing,\n\nafter blank,x\n",
+            "K\u{e4}se|Stra\u{df}e|\u{20ac} 5\n\"quoted\"|plain|\"\"\n",
+            "no newline at end,1",
+        ];
+        for (n, input) in inputs.iter().enumerate() {
+            let d = Delimited::open(input.as_bytes().to_vec(), TextEncoding::Utf8, None).unwrap();
+            let mine: Vec<(u32, String)> = rows(&d)
+                .into_iter()
+                .flatten()
+                .filter(|(_, f)| !f.trim().is_empty())
+                .collect();
+            let mut theirs = Vec::new();
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .delimiter(d.delimiter)
+                .from_reader(input.as_bytes());
+            for rec in r.records() {
+                for (c, f) in rec.unwrap().iter().enumerate() {
+                    if !f.trim().is_empty() {
+                        theirs.push((c as u32, f.to_string()));
+                    }
+                }
+            }
+            assert_eq!(mine, theirs, "input {n}: {input:?}");
+        }
     }
 
     #[test]

@@ -4,43 +4,9 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
-
 use super::WorkbookError;
 
-/// How a connector reads its files (`format` on a connector).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceFormat {
-    /// Decided by content: a workbook, an HTML table or delimited text.
-    #[default]
-    Auto,
-    /// Only workbooks (xlsx, xlsm, xlsb, xls, ods).
-    Workbook,
-    /// Delimited text (CSV, TSV, `;` or `|` separated), whatever the content looks like.
-    Csv,
-    /// An HTML table (SAP's "spreadsheet" export).
-    Html,
-}
-
-/// The character encoding of a text file (`encoding` on a connector).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-pub enum TextEncoding {
-    /// A byte-order mark decides; without one, UTF-8 when the bytes are valid UTF-8, else
-    /// Windows-1252 (what Excel writes for "CSV" on a western Windows).
-    #[default]
-    #[serde(rename = "auto")]
-    Auto,
-    #[serde(rename = "utf-8")]
-    Utf8,
-    /// What Excel's "Unicode text" writes (with a BOM).
-    #[serde(rename = "utf-16le")]
-    Utf16Le,
-    #[serde(rename = "utf-16be")]
-    Utf16Be,
-    #[serde(rename = "windows-1252")]
-    Windows1252,
-}
+pub use crate::configuration::connector::{SourceFormat, TextEncoding};
 
 impl TextEncoding {
     pub fn label(self) -> &'static str {

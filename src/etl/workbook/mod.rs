@@ -5,7 +5,7 @@
 //!
 //! Memory follows the cells present: rows are sparse (only cells that exist), cells at or past
 //! a column limit (the connector's rightmost mapped column, once the header is known) are
-//! dropped as they are read, xlsx (our own reader, `xlsx.rs`, ADR 0010; calamine for layouts
+//! dropped as they are read, xlsx (our own reader, `xlsx/`, ADR 0010; calamine for layouts
 //! it leaves to calamine) and xlsb are streamed cell by cell, ods is streamed by our
 //! own reader with repeated rows and columns expanded lazily and within that limit, and xls
 //! has its declared dimensions neutralised before calamine reads it (a forged DIMENSIONS

@@ -13,21 +13,12 @@ use std::io::Read;
 use std::str::FromStr;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 use struson::reader::{JsonReader, JsonStreamReader, ReaderSettings, ValueType};
 
 use super::WorkbookError;
 use crate::etl::coerce::{Cell, normalize_header};
 
-/// The format a command extractor writes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordsFormat {
-    #[default]
-    Json,
-    Jsonl,
-    Csv,
-}
+pub use crate::configuration::connector::RecordsFormat;
 
 pub struct Records {
     input: Box<dyn Read + Send>,
