@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 
 use crate::configuration::DatabaseSettings;
+use crate::retry::Backoff;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -172,16 +173,24 @@ impl Tx {
     }
 }
 
+/// Between attempts to reach PostgreSQL at startup: a steady poll.
+const STARTUP_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_millis(500));
+
 /// Pools for the configured database, waiting up to `wait` for PostgreSQL to accept
 /// connections.
 pub async fn connect(settings: &DatabaseSettings, wait: Duration) -> Result<Pools, DbError> {
     let main = connect_main(settings, wait).await?;
-    Ok(Pools::from_main(main, Duration::from_secs(5)))
+    Ok(Pools::from_main(
+        main,
+        Duration::from_millis(settings.control_acquire_timeout_ms),
+    ))
 }
 
 async fn connect_main(settings: &DatabaseSettings, wait: Duration) -> Result<PgPool, DbError> {
     let opts = connect_options(&settings.url)?;
     let deadline = tokio::time::Instant::now() + wait;
+    let mut pauses = STARTUP_BACKOFF.delays();
     loop {
         if settings.create_if_missing
             && let Err(e) = ensure_database(&settings.url).await
@@ -190,12 +199,12 @@ async fn connect_main(settings: &DatabaseSettings, wait: Duration) -> Result<PgP
                 return Err(e);
             }
             tracing::warn!(error = %e, "PostgreSQL not ready; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(pauses.next().expect("endless")).await;
             continue;
         }
         let attempt = PgPoolOptions::new()
             .max_connections(settings.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
             .connect_with(opts.clone())
             .await;
         match attempt {
@@ -215,7 +224,7 @@ async fn connect_main(settings: &DatabaseSettings, wait: Duration) -> Result<PgP
             }
             Err(e) => {
                 tracing::warn!(error = %reason(&e), "PostgreSQL not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(pauses.next().expect("endless")).await;
             }
         }
     }

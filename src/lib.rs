@@ -13,6 +13,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;
+pub mod retry;
 pub mod sink;
 pub mod sources;
 pub mod startup;

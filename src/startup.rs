@@ -200,7 +200,11 @@ impl Application {
         role: Role,
         drain: CancellationToken,
     ) -> Result<Self, StartupError> {
-        let pools = crate::db::connect(&settings.database, Duration::from_secs(30)).await?;
+        let pools = crate::db::connect(
+            &settings.database,
+            Duration::from_millis(settings.database.startup_wait_ms),
+        )
+        .await?;
         pools.migrate().await?;
         Self::build_with_pools(settings, role, pools, drain).await
     }

@@ -13,6 +13,11 @@ use crate::lifecycle::Mode;
 use crate::metrics::{ModeLabels, StateLabels};
 use crate::queue::JobState;
 
+/// `/readyz` answers within a probe's usual timeout even when PostgreSQL hangs.
+const READY_PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// `/metrics` scrapes get the queue gauges only when the counts come back this fast.
+const METRICS_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
@@ -30,7 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         )
         .into_response();
     }
-    let ping = tokio::time::timeout(Duration::from_secs(2), state.jobs.ping()).await;
+    let ping = tokio::time::timeout(READY_PING_TIMEOUT, state.jobs.ping()).await;
     if !matches!(ping, Ok(Ok(_))) {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -61,7 +66,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let dead = state.jobs.open_dead_letter_count().await?;
         Ok::<_, crate::queue::QueueError>((counts, dead))
     };
-    match tokio::time::timeout(Duration::from_secs(1), read).await {
+    match tokio::time::timeout(METRICS_QUERY_TIMEOUT, read).await {
         Ok(Ok((counts, dead))) => {
             for st in JobState::ALL {
                 let n = counts

@@ -20,6 +20,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::configuration::ApiSettings;
 
+/// After a failed accept (EMFILE and friends): back off instead of spinning.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// Clean-ups of cut-off requests get at least this long at shutdown, whatever grace is left.
+const MIN_CLEANUP_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub header_read_timeout: Duration,
@@ -74,7 +79,7 @@ pub async fn serve(
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 continue;
             }
         };
@@ -105,5 +110,5 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
     cleanup.close();
     let left = config.shutdown_grace.saturating_sub(started.elapsed());
-    let _ = tokio::time::timeout(left.max(Duration::from_secs(1)), cleanup.wait()).await;
+    let _ = tokio::time::timeout(left.max(MIN_CLEANUP_WAIT), cleanup.wait()).await;
 }

@@ -206,7 +206,11 @@ async fn run(cmd: Cmd, settings: Settings, json: bool) -> anyhow::Result<u8> {
         Cmd::Worker(a) => serve(settings, Role::Worker, a).await,
         Cmd::Api(a) => serve(settings, Role::Api, a).await,
         Cmd::Migrate => {
-            let pools = etlq::db::connect(&settings.database, Duration::from_secs(30)).await?;
+            let pools = etlq::db::connect(
+                &settings.database,
+                Duration::from_millis(settings.database.startup_wait_ms),
+            )
+            .await?;
             pools.migrate().await?;
             println!("migrations applied");
             Ok(exit::OK)

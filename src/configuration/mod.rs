@@ -133,6 +133,12 @@ pub struct CosmosSettings {
     /// Throughput for containers created by etlq (RU/s; 0: the account's default).
     #[serde(default)]
     pub throughput: u32,
+    /// How long throttling (429) is waited out inside one operation before the stage fails.
+    #[serde(default)]
+    pub throttle_budget_ms: u64,
+    /// The Azure region the client prefers (routing by proximity to it), e.g. "West Europe".
+    #[serde(default)]
+    pub preferred_region: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -188,6 +194,12 @@ pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
     pub create_if_missing: bool,
+    /// Longest wait for a connection from the main pool before the operation fails.
+    pub acquire_timeout_ms: u64,
+    /// The same for the control pool (leases, heartbeats): shorter, so a lost lease is seen.
+    pub control_acquire_timeout_ms: u64,
+    /// How long `serve`, `worker`, `api` and `migrate` wait for PostgreSQL at startup.
+    pub startup_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -24,6 +24,9 @@ use super::preview::{self, Preview};
 use super::workbook::records::Records;
 use super::workbook::{SheetReader, open_sheet};
 
+/// How often the child reports `rows_read` to its parent.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
 /// The hidden subcommand that runs this module.
 pub const SUBCOMMAND: &str = "__extract";
 pub const EXIT_INPUT: i32 = 3;
@@ -196,7 +199,7 @@ fn run(job: &ChildJob) -> Result<ChildOutcome, ParseError> {
         std::thread::spawn(move || {
             let mut last = 0;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                done.recv_timeout(Duration::from_millis(200))
+                done.recv_timeout(PROGRESS_EVERY)
             {
                 let n = rows_read.load(Ordering::Relaxed);
                 if n != last {

@@ -22,6 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use super::workbook::records::RecordsFormat;
 
+/// How long the stderr tail is waited for once the command's group is gone (only a process
+/// that left the group can hold the pipe open longer).
+const TAIL_WAIT: Duration = Duration::from_secs(2);
+/// How often that wait looks.
+const JOIN_POLL: Duration = Duration::from_millis(5);
+
 pub use crate::configuration::connector::{ExtractorSpec, OutputChannel};
 
 /// stdout (when it is not the output) and stderr: bytes kept of each, and the most stdout a
@@ -315,7 +321,7 @@ pub fn run<T, E>(
     let _ = watchdog.join();
     COMMAND_PGID.store(0, Ordering::SeqCst);
     std::mem::forget(child);
-    let stderr_tail = join_within(err_tail, Duration::from_secs(2)).unwrap_or_default();
+    let stderr_tail = join_within(err_tail, TAIL_WAIT).unwrap_or_default();
     let report = CommandReport {
         command: args.clone(),
         exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
@@ -427,7 +433,7 @@ fn join_within(h: std::thread::JoinHandle<String>, wait: Duration) -> Option<Str
         if Instant::now() > deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(JOIN_POLL);
     }
     h.join().ok()
 }

@@ -10,7 +10,7 @@ mod stats;
 mod store;
 mod types;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, job_backoff};
 pub use dead_letters::{DeadLetter, DeadLetterFilter, RetryFrom};
 pub use filter::{FilterCount, ListFilter};
 pub use listen::{Listener, Notification};

@@ -36,9 +36,10 @@ use tokio::sync::OnceCell;
 
 use super::{Dataset, Document, DocumentSink, PublishedManifest, SinkError, Summary};
 use crate::configuration::CosmosSettings;
+use crate::retry::Backoff;
 
-/// How long throttling is waited out inside one operation before the stage gives up.
-const THROTTLE_BUDGET: Duration = Duration::from_secs(600);
+/// Between retries of one Cosmos DB call (throttled or transient), within the budgets.
+const CALL_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 /// The logical partition of the manifest and cache-counter documents.
 pub const MANIFEST_PARTITION: &str = "manifests";
 pub const COUNTER_ID: &str = "cache-counter";
@@ -166,7 +167,10 @@ impl CosmosSink {
                 .with_binary_encoding_options(BinaryEncodingOptions::new().with_enabled(false));
         }
         let client = builder
-            .build(account, RoutingStrategy::ProximityTo("West Europe".into()))
+            .build(
+                account,
+                RoutingStrategy::ProximityTo(s.preferred_region.clone().into()),
+            )
             .await
             .map_err(|e| self.failure("connecting", &e))?;
         if s.create_if_missing {
@@ -269,22 +273,22 @@ impl CosmosSink {
         Fut: std::future::Future<Output = azure_data_cosmos::Result<T>>,
     {
         let started = tokio::time::Instant::now();
-        let mut pause = Duration::from_millis(100);
+        let mut pauses = CALL_BACKOFF.delays();
         loop {
             let e = match op().await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
             let budget = match classify(&e, &self.settings) {
-                Failure::Throttled => THROTTLE_BUDGET,
+                Failure::Throttled => Duration::from_millis(self.settings.throttle_budget_ms),
                 Failure::Transient => Duration::from_millis(self.settings.retry_budget_ms),
                 _ => return Err(self.failure(what, &e)),
             };
+            let pause = pauses.next().expect("endless");
             if started.elapsed() + pause > budget {
                 return Err(self.failure(what, &e));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -336,6 +340,7 @@ impl CosmosSink {
         newer: impl Fn(&Value) -> bool,
     ) -> Result<bool, SinkError> {
         let c = &self.connected().await?.manifests;
+        let mut pauses = CALL_BACKOFF.delays();
         for _ in 0..20 {
             let q = Query::from("SELECT * FROM c WHERE c.pk = @pk AND c.id = @id")
                 .with_parameter("@pk", MANIFEST_PARTITION)
@@ -359,7 +364,7 @@ impl CosmosSink {
                     // Someone moved it meanwhile: read again and decide again.
                     Failure::Conflict | Failure::PreconditionFailed => continue,
                     Failure::Throttled | Failure::Transient => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        tokio::time::sleep(pauses.next().expect("endless")).await;
                         continue;
                     }
                     _ => return Err(self.failure("writing a manifest", &e)),

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::queue::{Actor, JobStore, Transition};
+use crate::retry::Backoff;
 
 /// Largest batch written in one statement.
 pub const MAX_BATCH: usize = 1000;
@@ -53,6 +54,9 @@ impl Completer {
     }
 }
 
+/// Between attempts to write a batch through an outage.
+const WRITE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+
 /// Writes one batch, retrying through connection errors. Returns the job ids applied.
 async fn write(
     store: &JobStore,
@@ -63,7 +67,7 @@ async fn write(
 ) -> HashSet<i64> {
     let mut applied = HashSet::new();
     let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(50);
+    let mut pauses = WRITE_BACKOFF.delays();
     let mut uncertain = false;
     loop {
         if uncertain {
@@ -100,10 +104,9 @@ async fn write(
             return applied;
         }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(pauses.next().expect("endless")) => {}
             _ = abandon.cancelled() => {}
         }
-        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 

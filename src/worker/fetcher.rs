@@ -10,6 +10,9 @@ use super::{Completer, Shared, runner};
 use crate::lifecycle::Mode;
 use crate::metrics::Metrics;
 
+/// After a failed claim (PostgreSQL unreachable): try again soon, without spinning.
+const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
 pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: CancellationToken) {
     let mut status = s.lifecycle.subscribe();
     let batch = s.config.fetch_batch.min(s.config.concurrency);
@@ -59,7 +62,7 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
                     tracing::warn!(error = %e, "claim failed; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = tokio::time::sleep(CLAIM_ERROR_PAUSE) => continue,
                     }
                 }
             }

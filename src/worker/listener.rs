@@ -9,6 +9,10 @@ use tokio_util::sync::CancellationToken;
 use super::{CancelReason, Shared};
 use crate::queue::Notification;
 
+/// Between attempts to LISTEN again after PostgreSQL dropped the connection; fetch loops poll
+/// meanwhile, so this only bounds how often a down server is asked (not a setting).
+const RELISTEN_PAUSE: Duration = Duration::from_secs(1);
+
 pub(super) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
     let mut listener = loop {
         match s.jobs.listen().await {
@@ -17,7 +21,7 @@ pub(super) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
                 tracing::warn!(error = %e, "LISTEN failed; polling meanwhile");
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(RELISTEN_PAUSE) => {}
                 }
             }
         }
@@ -48,7 +52,7 @@ pub(super) async fn listen(s: Arc<Shared>, stop: CancellationToken) {
                 tracing::warn!(error = %e, "LISTEN failed; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(RELISTEN_PAUSE) => {}
                 }
             }
         }

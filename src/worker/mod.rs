@@ -82,7 +82,7 @@ impl WorkerConfig {
             lease: s.worker.lease(),
             heartbeat: Duration::from_millis(s.worker.heartbeat_ms),
             outage_tolerance: Duration::from_millis(s.worker.outage_tolerance_ms),
-            backoff: Backoff::from_settings(&s.retry),
+            backoff: crate::queue::job_backoff(&s.retry),
         }
     }
 }

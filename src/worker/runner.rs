@@ -196,7 +196,11 @@ async fn run_stages(
             }
             Err(StageError::Retryable(error)) => TransitionEvent::RetryScheduled {
                 error: format!("{stage_name}: {error}"),
-                delay_ms: s.config.backoff.delay_ms(job.attempts),
+                delay_ms: s
+                    .config
+                    .backoff
+                    .delay(job.attempts.max(1) as u32)
+                    .as_millis() as u64,
             },
         };
         let counter = match &event {

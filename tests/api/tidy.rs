@@ -45,22 +45,56 @@ fn code(p: &Path) -> String {
         .join("\n")
 }
 
-fn check(rule: &str, allowed: &[&str], token: &str) {
-    let offenders: Vec<String> = sources(&root().join("src"))
+/// Every `src/` file as (`src/`-relative path, code without comments).
+fn src_files() -> Vec<(String, String)> {
+    sources(&root().join("src"))
         .iter()
-        .filter(|p| {
-            let r = rel(p);
+        .map(|p| (rel(p), code(p)))
+        .collect()
+}
+
+/// The files of `files` outside `allowed` (paths, or directories ending in `/`) whose code
+/// uses `token`; unit-test modules aside.
+fn offenders(files: &[(String, String)], allowed: &[&str], token: &str) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(r, _)| {
             !allowed
                 .iter()
-                .any(|a| r == *a || (a.ends_with('/') && r.starts_with(a)))
+                .any(|a| r == a || (a.ends_with('/') && r.starts_with(a)))
         })
-        .filter(|p| code(p).contains(token))
-        .map(|p| rel(p))
-        .collect();
-    assert!(
-        offenders.is_empty(),
-        "{rule}: `{token}` is used in {offenders:?}"
+        .filter(|(_, c)| without_tests(c).contains(token))
+        .map(|(r, _)| r.clone())
+        .collect()
+}
+
+/// Code before a file's unit-test module.
+fn without_tests(code: &str) -> &str {
+    code.split("#[cfg(test)]\nmod tests").next().unwrap()
+}
+
+/// Applies a token rule to the repository, after checking on two snippets that it trips
+/// where it must and not where it must not (a rule that matches nothing fails here).
+fn check(rule: &str, allowed: &[&str], token: &str) {
+    let snippet = |path: &str| vec![(path.to_string(), format!("fn f() {{ {token} }}"))];
+    assert_eq!(
+        offenders(&snippet("api/probe.rs"), allowed, token),
+        ["api/probe.rs"],
+        "{rule}: the rule does not trip on `{token}`"
     );
+    if let Some(ok) = allowed.first() {
+        let inside = if ok.ends_with('/') {
+            format!("{ok}probe.rs")
+        } else {
+            ok.to_string()
+        };
+        assert!(
+            offenders(&snippet(&inside), allowed, token).is_empty(),
+            "{rule}: the rule trips inside {ok}"
+        );
+    }
+    let found = offenders(&src_files(), allowed, token);
+    assert!(found.is_empty(), "{rule}: `{token}` is used in {found:?}");
 }
 
 /// The stores: the only files that run SQL, each the owner of its table group.
@@ -90,15 +124,22 @@ fn only_the_stores_touch_sqlx() {
 /// must change nothing (ADR 0012).
 #[test]
 fn sources_read_no_local_clock() {
+    let in_sources: Vec<(String, String)> = src_files()
+        .into_iter()
+        .filter(|(r, _)| r.starts_with("sources/"))
+        .collect();
+    assert!(in_sources.len() > 5, "the sources module was found");
     for token in ["Utc::now(", "SystemTime::now(", "Local::now("] {
-        let offenders: Vec<String> = sources(&root().join("src/sources"))
-            .iter()
-            .filter(|p| code(p).contains(token))
-            .map(|p| rel(p))
-            .collect();
+        let trips = offenders(
+            &[("sources/probe.rs".into(), format!("let t = {token});"))],
+            &[],
+            token,
+        );
+        assert_eq!(trips, ["sources/probe.rs"], "the rule trips on {token}");
+        let found = offenders(&in_sources, &[], token);
         assert!(
-            offenders.is_empty(),
-            "`{token}` in {offenders:?}: use the database's now()"
+            found.is_empty(),
+            "`{token}` in {found:?}: use the database's now()"
         );
     }
 }
@@ -196,18 +237,96 @@ fn anyhow_only_at_the_binary_edge() {
 
 #[test]
 fn background_tasks_are_started_in_one_place() {
-    check(
-        "tasks go on a tracker started by startup.rs (one shutdown path)",
-        &[
-            "startup.rs",
-            "cli/",
-            // A stage's progress reporter: cancelled by a drop guard when its stage ends.
-            "etl/stages/mod.rs",
-            // The drain timer's unit test spawns it on the test runtime.
-            "lifecycle.rs",
-        ],
+    // Every way to start a task or a thread. Each place allowed says why it is not a
+    // background task the shutdown path would miss.
+    let allowed = &[
+        // The application's tracker: every background task, one shutdown path.
+        "startup.rs",
+        // The binary's signal handler for `serve`.
+        "cli/",
+        // The worker's own tracker (fetch loops, runners, completer, leases, heartbeat),
+        // which `Worker::wait` waits for.
+        "worker/",
+        // Connections in a JoinSet the server drains on shutdown.
+        "api/server.rs",
+        // A blocking file move, awaited where it is started.
+        "storage.rs",
+        // A stage's progress reporter: stopped by a drop guard when its stage ends.
+        "etl/stages/mod.rs",
+        // Threads that supervise a child process (or a command), joined before returning.
+        "etl/isolate.rs",
+        "etl/child.rs",
+        "etl/extractor.rs",
+        // Scoped threads (joined by construction) splitting one parse in two.
+        "etl/parse.rs",
+        "etl/workbook/xlsx/mod.rs",
+    ];
+    for token in [
         "tokio::spawn(",
-    );
+        "tokio::task::spawn(",
+        "spawn_blocking(",
+        "JoinSet",
+        "thread::spawn(",
+        "thread::Builder",
+        "scope.spawn(",
+        "scope_.spawn(",
+    ] {
+        check(
+            "tasks and threads start in the places that wait for them",
+            allowed,
+            token,
+        );
+    }
+}
+
+/// Lines of `code` (library code, tests aside) holding a default that is neither a setting
+/// nor named: a `Duration` literal outside a `const` item, a constant named like a
+/// `config/default.toml` key (`DEFAULT_<KEY>` or `<KEY>`), or a string literal equal to a
+/// deployment choice of config/default.toml (a region, an account).
+fn unnamed_defaults(code: &str, keys: &[String], choices: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_const = false;
+    for line in without_tests(code).lines() {
+        let t = line.trim();
+        let starts_const = [
+            "const ",
+            "pub const ",
+            "pub(crate) const ",
+            "pub(super) const ",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p));
+        if starts_const {
+            in_const = true;
+            let name = t.split("const ").nth(1).unwrap().split(':').next().unwrap();
+            let key = name.trim_start_matches("DEFAULT_").to_lowercase();
+            // `DEFAULT_<KEY>`, or a multi-word key's name (`RETRY_BUDGET_MS`); one word
+            // (`VERSION`) is too common to be a setting's echo.
+            let echoes = name.starts_with("DEFAULT_") || key.contains('_');
+            if echoes && keys.contains(&key) {
+                out.push(format!("{name} repeats config/default.toml's {key}"));
+            }
+        }
+        let literal = ["Duration::from_secs(", "Duration::from_millis("]
+            .iter()
+            .any(|f| {
+                t.split(f)
+                    .skip(1)
+                    .any(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            });
+        if literal && !in_const {
+            out.push(format!("a Duration literal outside a named const: {t}"));
+        }
+        for c in choices {
+            if t.contains(&format!("\"{c}\"")) {
+                out.push(format!("{c:?} is a setting in config/default.toml: {t}"));
+            }
+        }
+        if in_const && t.ends_with(';') {
+            in_const = false;
+        }
+    }
+    out
 }
 
 #[test]
@@ -226,20 +345,40 @@ fn defaults_live_in_config_default_toml_only() {
         }
     }
     walk(&toml, &mut keys);
-    for p in sources(&root().join("src")) {
-        for line in code(&p).lines() {
-            let Some(rest) = line.trim().strip_prefix("pub const DEFAULT_") else {
-                continue;
-            };
-            let name = rest.split(':').next().unwrap().to_lowercase();
-            assert!(
-                !keys.contains(&name),
-                "{}: DEFAULT_{} repeats config/default.toml's {name}",
-                rel(&p),
-                name.to_uppercase()
-            );
+    // Deployment choices: values an operator picks for where etlq runs.
+    let choices = vec![
+        toml["sink"]["cosmos"]["preferred_region"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    let mut found = Vec::new();
+    for (r, c) in src_files() {
+        // The binary's own waits (a CLI poll, a shutdown bound) are its user interface;
+        // unit-test files are tests.
+        if r.starts_with("cli/") || r.ends_with("/tests.rs") {
+            continue;
         }
+        found.extend(
+            unnamed_defaults(&c, &keys, &choices)
+                .into_iter()
+                .map(|m| format!("{r}: {m}")),
+        );
     }
+    assert!(found.is_empty(), "{found:#?}");
+    // The rule itself.
+    let keys = vec!["retry_budget_ms".to_string()];
+    let choices = vec!["West Europe".to_string()];
+    let trips = |code: &str| !unnamed_defaults(code, &keys, &choices).is_empty();
+    assert!(trips("fn f() { sleep(Duration::from_secs(5)); }"));
+    assert!(trips("pub const DEFAULT_RETRY_BUDGET_MS: u64 = 30_000;"));
+    assert!(trips("build(ProximityTo(\"West Europe\".into()))"));
+    assert!(!trips(
+        "/// Why.\nconst PAUSE: Duration =\n    Duration::from_millis(100);\nfn f() { sleep(PAUSE) }"
+    ));
+    assert!(!trips(
+        "fn f(s: &S) { sleep(Duration::from_millis(s.pause_ms)) }"
+    ));
 }
 
 #[test]
@@ -254,6 +393,25 @@ fn every_module_says_what_it_is_for() {
     }
 }
 
+/// Code that decides something by a stage's name (a match arm or a comparison on
+/// `"extract"`, `"sync"`, `"verify"`, `"promote"`).
+fn stage_name_dispatch(code: &str) -> bool {
+    ["\"extract\"", "\"sync\"", "\"verify\"", "\"promote\""]
+        .iter()
+        .any(|name| {
+            [
+                format!("{name} =>"),
+                format!("{name} |"),
+                format!("| {name}"),
+                format!("== {name}"),
+                format!("{name} =="),
+                format!("!= {name}"),
+            ]
+            .iter()
+            .any(|form| code.contains(form.as_str()))
+        })
+}
+
 #[test]
 fn etl_stages_are_types_not_names() {
     // Each stage is a `Stage` of its own; nothing dispatches on a stage's name.
@@ -261,12 +419,10 @@ fn etl_stages_are_types_not_names() {
     for stage in ["Extract", "Sync", "Verify", "Promote"] {
         assert!(kind.contains(&format!("stages::{stage}(")), "{stage}");
     }
-    for p in sources(&root().join("src/etl")) {
-        let c = code(&p);
+    for (r, c) in src_files() {
         assert!(
-            !c.contains("\"extract\" =>") && !c.contains("_ => promote"),
-            "{}: dispatch by stage name",
-            rel(&p)
+            !stage_name_dispatch(without_tests(&c)),
+            "{r}: decides by a stage's name"
         );
     }
     // The generic job API never reads a kind's checkpoint layout.
@@ -275,6 +431,13 @@ fn etl_stages_are_types_not_names() {
         !jobs.contains("\"extract\""),
         "api/jobs.rs knows the ETL checkpoint"
     );
+    // The rule itself.
+    assert!(stage_name_dispatch("match s { \"sync\" => 1, _ => 2 }"));
+    assert!(stage_name_dispatch("if ctx.stage == \"promote\" {}"));
+    assert!(stage_name_dispatch("\"extract\" | \"verify\" => true"));
+    assert!(!stage_name_dispatch(
+        "pub const ETL_STAGES: [&str; 4] = [\"extract\", \"sync\", \"verify\", \"promote\"];"
+    ));
 }
 
 #[test]
@@ -295,19 +458,88 @@ fn every_metric_is_documented() {
     }
 }
 
+/// The (path, method) pairs a router's source registers: every `.route(` — on one line or
+/// several — with each method its handler chain names.
+fn routes_in(code: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for part in code.split(".route(").skip(1) {
+        let rest = part.trim_start();
+        let Some(rest) = rest.strip_prefix('"') else {
+            continue;
+        };
+        let (path, rest) = rest.split_once('"').unwrap();
+        // The handler chain: up to the parenthesis that closes `.route(`.
+        let mut depth = 1;
+        let end = rest
+            .char_indices()
+            .find(|(_, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                depth == 0
+            })
+            .map_or(rest.len(), |(i, _)| i);
+        let chain = &rest[..end];
+        let full = if path.starts_with("/v1") || !src_nested(path) {
+            path.to_string()
+        } else {
+            format!("/v1{path}")
+        };
+        for method in ["get", "post", "put", "delete", "patch", "options"] {
+            let called = chain
+                .trim_start_matches(|c: char| c == ',' || c.is_whitespace())
+                .starts_with(&format!("{method}("))
+                || chain.contains(&format!(".{method}("));
+            if called {
+                out.push((full.clone(), method.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Path templates compared without their parameter names.
+fn shape(p: &str) -> String {
+    p.split('/')
+        .map(|s| if s.starts_with('{') { "{}" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Both directions: routes missing from the document, and documented operations no router has.
+fn route_mismatches(routes: &[(String, String)], documented: &[(String, String)]) -> Vec<String> {
+    let shaped = |v: &[(String, String)]| -> Vec<(String, String)> {
+        v.iter().map(|(p, m)| (shape(p), m.clone())).collect()
+    };
+    let (r, d) = (shaped(routes), shaped(documented));
+    let mut out = Vec::new();
+    for (path, m) in &r {
+        // CORS-style handshakes (the Event Grid webhook's OPTIONS) are documented with their POST.
+        if m != "options" && !d.contains(&(path.clone(), m.clone())) {
+            out.push(format!(
+                "{} {path} is not in docs/openapi.json",
+                m.to_uppercase()
+            ));
+        }
+    }
+    for (path, m) in &d {
+        if !r.contains(&(path.clone(), m.clone())) {
+            out.push(format!(
+                "{} {path} is documented but no router has it",
+                m.to_uppercase()
+            ));
+        }
+    }
+    out
+}
+
 #[test]
 fn every_route_is_in_the_openapi_document() {
-    let src = std::fs::read_to_string(root().join("src/api/mod.rs")).unwrap();
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("docs/openapi.json")).unwrap())
             .unwrap();
-    // Path templates compared without their parameter names.
-    let shape = |p: &str| {
-        p.split('/')
-            .map(|s| if s.starts_with('{') { "{}" } else { s })
-            .collect::<Vec<_>>()
-            .join("/")
-    };
     let documented: Vec<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()
@@ -316,37 +548,45 @@ fn every_route_is_in_the_openapi_document() {
             ops.as_object()
                 .unwrap()
                 .keys()
-                .map(move |m| (shape(p), m.to_string()))
+                .filter(|m| !["parameters", "summary", "description"].contains(&m.as_str()))
+                .map(move |m| (p.clone(), m.to_string()))
         })
         .collect();
-    let mut routes = 0;
-    for part in src.split(".route(\"").skip(1) {
-        let (path, rest) = part.split_once('"').unwrap();
-        let handlers = &rest[..rest.find(")\n").unwrap_or(rest.len())];
-        let full = if path.starts_with("/v1") || !src_nested(path) {
-            path.to_string()
-        } else {
-            format!("/v1{path}")
-        };
-        for method in ["get", "post", "put", "delete", "patch"] {
-            if handlers.contains(&format!("{method}(")) {
-                routes += 1;
-                assert!(
-                    documented.contains(&(shape(&full), method.to_string())),
-                    "{} {full} is not in docs/openapi.json",
-                    method.to_uppercase()
-                );
-            }
+    // Every router under src/api, not only mod.rs (the console's included).
+    let mut routes = Vec::new();
+    for (r, c) in src_files() {
+        if r.starts_with("api/") {
+            routes.extend(routes_in(&c));
         }
     }
-    assert!(routes >= 18, "routes found: {routes}");
-}
-
-/// Routes under `.nest("/v1", …)` are written without the prefix in src/api/mod.rs.
-fn src_nested(path: &str) -> bool {
-    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
-        && !path.starts_with("/console")
-        && path != "/"
+    assert!(routes.len() >= 40, "routes found: {}", routes.len());
+    let wrong = route_mismatches(&routes, &documented);
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // The rule itself: a multi-line route and a chained method are read; a route missing
+    // from the document and a documented operation no router has are both reported.
+    let probe = routes_in(
+        ".route(\n    \"/things/{id}\",\n    get(things::show)\n        .post(things::edit),\n)\n.route(\"/healthz\", get(h))",
+    );
+    assert_eq!(
+        probe,
+        [
+            ("/v1/things/{id}".to_string(), "get".to_string()),
+            ("/v1/things/{id}".into(), "post".into()),
+            ("/healthz".into(), "get".into()),
+        ]
+    );
+    let doc = [
+        ("/v1/things/{x}".to_string(), "get".to_string()),
+        ("/v1/gone".into(), "get".into()),
+    ];
+    assert_eq!(
+        route_mismatches(&probe, &doc),
+        [
+            "POST /v1/things/{} is not in docs/openapi.json",
+            "GET /healthz is not in docs/openapi.json",
+            "GET /v1/gone is documented but no router has it",
+        ]
+    );
 }
 
 /// Files longer than this are split along their seams (issue 19).
@@ -500,4 +740,12 @@ fn no_import_circle_between_top_level_modules() {
         ])
         .is_empty()
     );
+}
+
+/// Routes under `.nest("/v1", …)` are written without the prefix in src/api/mod.rs.
+fn src_nested(path: &str) -> bool {
+    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+        && !path.starts_with("/console")
+        && !path.starts_with("/v1")
+        && path != "/"
 }
