@@ -23,3 +23,4 @@ mod samples;
 mod sources;
 mod sources_process;
 mod tidy;
+mod tidy_layout;

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
+use sqlx::Connection;
 use sqlx::postgres::PgPoolOptions;
 
 use etlq::queue::{JobState, JobStore, NewJob};
@@ -172,7 +173,16 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
 
     // A restart mid-work, then an outage of a few seconds.
     cluster.ctl("restart");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Back up (it accepts connections) before the outage begins.
+    wait_for(
+        Duration::from_secs(20),
+        "PostgreSQL to accept connections",
+        || async {
+            let c = sqlx::PgConnection::connect(&cluster.url()).await.ok()?;
+            c.close().await.ok()
+        },
+    )
+    .await;
     cluster.ctl("stop");
     // The worker notices (its heartbeats fail), and lives on through 3 s without PostgreSQL.
     let failures = || async {
@@ -192,6 +202,7 @@ async fn workers_ride_out_a_postgres_restart_and_an_outage() {
         || async { failures().await.filter(|n| *n > 0) },
     )
     .await;
+    // The outage's length is what this test is about: no event can stand for it.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         worker.child.try_wait().unwrap().is_none(),
@@ -271,7 +282,8 @@ async fn an_outage_longer_than_the_lease_costs_live_workers_nothing() {
     cluster.ctl("stop");
     doomed.signal("KILL");
     doomed.wait_exit(Duration::from_secs(10)).await;
-    // Longer than the leases (1.5 s and 3 s).
+    // Longer than the leases (1.5 s and 3 s), with PostgreSQL down: time passing is the
+    // subject here (no database clock to wait on while it is stopped).
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The survivor is slow to come back (a busy machine): it is frozen for the first moments
     // after the restart, while an eager rescuer is already at work.

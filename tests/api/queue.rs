@@ -167,7 +167,7 @@ async fn expired_lease_is_rescued_and_the_stale_holders_writes_are_rejected() {
         .await
         .unwrap();
     assert_eq!(rescued.total(), 0);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    lease_expired(&db, id).await;
     let rescued = store
         .rescue_expired(&actor("r"), &rules(), 100)
         .await
