@@ -9,6 +9,9 @@
 "use strict";
 
 const TOKEN_KEY = "etlq-token";
+// What a dataset's checksum is (docs/openapi.json says the same).
+const CHECKSUM_MEANS =
+  "The sum (128-bit) of every record's content hash: the first 8 bytes of SHA-256 over its document id, 0x1F and its JSON body, as a signed 64-bit integer. Independent of record order: the same records give the same value on any system.";
 const REFRESH_MS = 2000;
 
 let refreshTimer = null;
@@ -809,8 +812,8 @@ async function datasets() {
           ["records", String(ds.records)],
           ["generation", String(ds.generation)],
           ["promoted at", fmtTime(ds.promoted_at)],
-          ["checksum", ds.checksum],
-        ].map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])
+          ["checksum (order-independent)", ds.checksum],
+        ].map(([k, v]) => [h("dt", {}, k), h("dd", k.startsWith("checksum") ? { title: CHECKSUM_MEANS } : {}, v)])
       ),
       table(
         "Recent promotions, newest first",

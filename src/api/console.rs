@@ -47,6 +47,17 @@ pub fn routes(surface: Surface) -> Router<AppState> {
     Router::new()
         .route("/", get(index))
         .route("/console/{version}/{file}", get(asset))
+        // Browsers ask for it on their own; a 404 is an error in the console's log.
+        .route("/favicon.ico", get(favicon))
+}
+
+const FAVICON: &str = include_str!("../../console/favicon.svg");
+
+async fn favicon() -> Response {
+    with_headers(
+        ([(header::CONTENT_TYPE, "image/svg+xml")], FAVICON).into_response(),
+        "public, max-age=86400",
+    )
 }
 
 fn version() -> String {

@@ -26,7 +26,9 @@ use crate::storage::BlobStore;
 
 /// Largest text field (bu_id, connector, idempotency_key) read from a multipart form.
 const MAX_FIELD_BYTES: usize = 1024;
-const WORKBOOK_EXTENSIONS: [&str; 5] = ["xlsx", "xlsm", "xlsb", "xls", "ods"];
+const WORKBOOK_EXTENSIONS: [&str; 10] = [
+    "xlsx", "xlsm", "xlsb", "xls", "ods", "csv", "tsv", "txt", "htm", "html",
+];
 
 pub(super) fn too_large(max: u64) -> ApiError {
     ApiError::new(
@@ -34,6 +36,22 @@ pub(super) fn too_large(max: u64) -> ApiError {
         "payload_too_large",
         format!("the upload is larger than the limit of {max} bytes (etl.max_upload_bytes)"),
     )
+}
+
+/// A body whose declared length is already past the limit is refused before a byte of it is
+/// read (the client learns at once, not after sending it all).
+pub(super) fn refuse_declared_oversize(
+    headers: &axum::http::HeaderMap,
+    max: u64,
+) -> Result<(), ApiError> {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max.saturating_add(super::FORM_OVERHEAD) => Err(too_large(max)),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn multipart_error(e: MultipartError) -> ApiError {
@@ -212,9 +230,11 @@ async fn store_file(
 pub async fn upload(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
+    headers: axum::http::HeaderMap,
     Multipart(mut form): Multipart,
 ) -> Result<axum::response::Response, ApiError> {
     let max = state.etl.settings.max_upload_bytes;
+    refuse_declared_oversize(&headers, max)?;
     let pause = Duration::from_millis(state.settings.api.body_read_timeout_ms);
     let mut guard = StoredGuard {
         blobs: state.etl.blobs.clone(),

@@ -47,8 +47,13 @@ fn table(version: i64) -> String {
 fn unavailable(e: sqlx::Error) -> SinkError {
     match &e {
         // Bad JSON or a value PostgreSQL refuses: retrying cannot help.
+        // The database's own text stays in the log: a job's error says what happened.
         sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")) => {
-            SinkError::Rejected(e.to_string())
+            let code = d.code().map(|c| c.into_owned()).unwrap_or_default();
+            tracing::warn!(error = %e, sqlstate = %code, "PostgreSQL refused a record");
+            SinkError::Rejected(format!(
+                "PostgreSQL refused a value in this dataset (SQLSTATE {code}; the worker's log has the detail)"
+            ))
         }
         _ => SinkError::Unavailable(e.to_string()),
     }

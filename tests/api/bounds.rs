@@ -457,3 +457,30 @@ async fn an_upload_and_its_audit_row_commit_together_or_not_at_all() {
     assert_eq!(std::fs::read(blobs.join(key)).unwrap(), gl);
     app.stop().await;
 }
+
+/// A body declared larger than `etl.max_upload_bytes` is refused at once, from its headers,
+/// before any of it is sent (and so before anything is stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_declared_too_large_is_refused_before_its_body() {
+    let app = spawn_app().await;
+    let addr = app.addr.to_string();
+    for path in ["/v1/uploads", "/v1/connectors/trial_balance/preview"] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 999999999999\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // No body follows: an answer can only come from the headers.
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 413"), "{path}: {head}");
+        assert!(head.contains("etl.max_upload_bytes"), "{path}: {head}");
+    }
+    let uploads = app.db.blob_dir().join("uploads");
+    assert!(files_under(&uploads).is_empty(), "nothing stored");
+    app.stop().await;
+}

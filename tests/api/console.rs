@@ -117,6 +117,15 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
     b.wait_find("#counts").await;
     b.wait_find("svg.chart").await;
     assert_accessible(&b, "overview").await;
+    // The icon a browser asks for on its own is served (a 404 is an error in its console).
+    let icon = app
+        .client
+        .get(format!("{base}/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
     b.shot("overview").await;
 
     // Upload without a token: refused, and the page says what to do.

@@ -201,3 +201,47 @@ async fn a_missing_source_blob_is_fatal_and_a_broken_sink_is_retried() {
     assert_eq!(extracts, 1, "retries resume at the checkpoint");
     app.stop().await;
 }
+
+/// One text cell holding a NUL (`_x0000_` in the sheet XML, as Excel writes a control
+/// character) used to fail the whole upload at sync with PostgreSQL's own text. It is stored
+/// as U+FFFD, the other rows with it, and no sink text ever reaches a job's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_in_a_cell_costs_no_row() {
+    let app = spawn_app().await;
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    let headers = [
+        "Account",
+        "Account Name",
+        "Period End",
+        "Opening Balance",
+        "Closing Balance",
+    ];
+    for (c, h) in headers.iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+    }
+    for r in 1..=20u32 {
+        let name = if r == 7 {
+            "Bank\u{0}Account".to_string()
+        } else {
+            format!("Account {r}")
+        };
+        ws.write_string(r, 0, (1000 + r).to_string()).unwrap();
+        ws.write_string(r, 1, &name).unwrap();
+        ws.write_string(r, 2, "2025-12-31").unwrap();
+        ws.write_number(r, 3, 1.5).unwrap();
+        ws.write_number(r, 4, 2.5).unwrap();
+    }
+    let bytes = wb.save_to_buffer().unwrap();
+    let job = upload_ok(&app.client, &app.url(""), bytes, "BU-1", "trial_balance").await;
+    let v = wait_done(&app.client, &app.url(""), job).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let docs = sink_docs(&app.db.pool, job).await;
+    assert_eq!(docs.len(), 20, "every row kept");
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|(_, b)| b["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"Bank\u{FFFD}Account"), "{names:?}");
+    app.stop().await;
+}

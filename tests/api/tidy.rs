@@ -662,8 +662,10 @@ fn every_route_is_in_the_openapi_document() {
 
 /// Routes under `.nest("/v1", …)` are written without the prefix in src/api/mod.rs.
 fn src_nested(path: &str) -> bool {
-    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
-        && !path.starts_with("/console")
+    !matches!(
+        path,
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/favicon.ico"
+    ) && !path.starts_with("/console")
         && !path.starts_with("/v1")
         && path != "/"
 }

@@ -96,7 +96,7 @@ pub fn coerce<'a>(
     match (cell, ty) {
         (Cell::Empty, _) => Ok(Value::Null),
         (Cell::Error(e), _) => err(format!("cell error {e}")),
-        (_, ColumnType::String) => Ok(Value::String(text_of(cell))),
+        (_, ColumnType::String) => Ok(Value::String(storable(text_of(cell)))),
         (_, ColumnType::Decimal) => decimal(cell, locale).map(Value::Decimal),
         (_, ColumnType::Integer) => {
             let d = decimal(cell, locale)?;
@@ -110,6 +110,18 @@ pub fn coerce<'a>(
         (_, ColumnType::Date) => date_time(cell, locale).map(|dt| Value::Date(dt.date())),
         (_, ColumnType::Datetime) => date_time(cell, locale).map(Value::DateTime),
         (_, ColumnType::Bool) => boolean(cell).map(Value::Bool),
+    }
+}
+
+/// Text every sink can store: NUL (U+0000 — what Excel writes as `_x0000_` for a control
+/// character) becomes U+FFFD. PostgreSQL's `jsonb` refuses it, so one such cell used to fail a
+/// whole upload at sync; replacing it at extract keeps the row and makes both sinks store the
+/// same bytes.
+pub fn storable(text: Cow<'_, str>) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        text
     }
 }
 

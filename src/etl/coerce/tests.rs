@@ -320,3 +320,16 @@ fn headers_match_case_and_whitespace_insensitively() {
     assert_eq!(normalize_header("  Posting \n Date "), "posting date");
     assert_eq!(normalize_header("AMOUNT"), normalize_header("amount"));
 }
+
+#[test]
+fn a_nul_in_text_is_stored_as_a_replacement_character() {
+    let l = Locale::default();
+    assert_eq!(
+        coerce(&Cell::Text("Miete\0März".into()), ColumnType::String, &l),
+        Ok(Value::String("Miete\u{FFFD}März".into()))
+    );
+    assert_eq!(
+        coerce(&Cell::Text("plain".into()), ColumnType::String, &l),
+        Ok(Value::String(std::borrow::Cow::Borrowed("plain")))
+    );
+}
