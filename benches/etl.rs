@@ -174,12 +174,7 @@ fn extract_text_once(file: &Path, json: bool) {
     let started = Instant::now();
     let mut records = std::io::sink();
     let out = if json {
-        let headers: Vec<String> = connector
-            .spec
-            .columns
-            .iter()
-            .map(|c| c.header.clone())
-            .collect();
+        let headers = connector.headers();
         let input = Box::new(std::fs::File::open(file).unwrap());
         let sheet = SheetReader::records(Records::new(
             input,

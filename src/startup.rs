@@ -401,19 +401,7 @@ impl Application {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn file(text: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        f
-    }
+    use crate::configuration::test_files::{env, file};
 
     /// Loading as `etlq` does: the settings, then the connectors and sources they name.
     fn load(

@@ -135,6 +135,10 @@ pub fn router(state: AppState, surface: Surface) -> Router {
             .route("/v1/uploads", post(uploads::upload))
             .route("/v1/connectors/preview", post(preview::draft))
             .route("/v1/connectors/{name}/preview", post(preview::named))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                uploads::refuse_declared_oversize,
+            ))
             .layer(DefaultBodyLimit::max(limit as usize))
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,

@@ -14,10 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::error::ApiError;
-use super::uploads::{
-    multipart_error, next_chunk, read_field, refuse_declared_oversize, stalled, text_field,
-    too_large,
-};
+use super::uploads::{multipart_error, next_chunk, read_field, stalled, text_field, too_large};
 use crate::etl::child::ChildJob;
 use crate::etl::connector::{Connector, ConnectorSpec};
 use crate::etl::isolate::IsolateError;
@@ -38,10 +35,8 @@ impl Drop for Staged {
 pub async fn named(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: axum::http::HeaderMap,
     form: Multipart,
 ) -> Result<axum::response::Response, ApiError> {
-    refuse_declared_oversize(&headers, state.etl.settings.max_upload_bytes)?;
     let configured = state
         .etl
         .connector(&name)
@@ -52,10 +47,8 @@ pub async fn named(
 
 pub async fn draft(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
     form: Multipart,
 ) -> Result<axum::response::Response, ApiError> {
-    refuse_declared_oversize(&headers, state.etl.settings.max_upload_bytes)?;
     preview(state, None, form).await
 }
 

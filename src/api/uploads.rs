@@ -38,19 +38,25 @@ pub(super) fn too_large(max: u64) -> ApiError {
     )
 }
 
-/// A body whose declared length is already past the limit is refused before a byte of it is
-/// read (the client learns at once, not after sending it all).
-pub(super) fn refuse_declared_oversize(
-    headers: &axum::http::HeaderMap,
-    max: u64,
-) -> Result<(), ApiError> {
-    let declared = headers
+/// Layer of the file routes (uploads, previews): a body whose declared length is already past
+/// `etl.max_upload_bytes` is refused before a byte of it is read (the client learns at once,
+/// not after sending it all).
+pub(super) async fn refuse_declared_oversize(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let max = state.etl.settings.max_upload_bytes;
+    let declared = req
+        .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > max.saturating_add(super::FORM_OVERHEAD) => Err(too_large(max)),
-        _ => Ok(()),
+        Some(n) if n > max.saturating_add(super::FORM_OVERHEAD) => {
+            axum::response::IntoResponse::into_response(too_large(max))
+        }
+        _ => next.run(req).await,
     }
 }
 
@@ -230,11 +236,9 @@ async fn store_file(
 pub async fn upload(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    headers: axum::http::HeaderMap,
     Multipart(mut form): Multipart,
 ) -> Result<axum::response::Response, ApiError> {
     let max = state.etl.settings.max_upload_bytes;
-    refuse_declared_oversize(&headers, max)?;
     let pause = Duration::from_millis(state.settings.api.body_read_timeout_ms);
     let mut guard = StoredGuard {
         blobs: state.etl.blobs.clone(),

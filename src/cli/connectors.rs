@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use etlq::configuration::Settings;
 use etlq::etl::connector::SheetRef;
+use etlq::startup::CheckedSettings;
 
 use super::remote::{Server, answer};
 use super::{exit, output};
@@ -51,15 +52,15 @@ pub enum ConnectorsCmd {
 pub async fn connectors(settings: &Settings, cmd: ConnectorsCmd, json: bool) -> anyhow::Result<u8> {
     match cmd {
         ConnectorsCmd::List => {
+            // Checked at startup (`CheckedSettings`): every one builds.
             let list: Vec<Value> = settings
-                .connectors
-                .iter()
-                .map(|(name, spec)| {
-                    let c = etlq::etl::connector::Connector::new(name, spec.clone());
+                .connectors()?
+                .values()
+                .map(|c| {
                     serde_json::json!({
-                        "name": name,
-                        "kind": c.as_ref().map(|c| c.kind()).unwrap_or("invalid"),
-                        "columns": spec.columns.len(),
+                        "name": c.name,
+                        "kind": c.kind(),
+                        "columns": c.spec.columns.len(),
                     })
                 })
                 .collect();

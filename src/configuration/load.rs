@@ -318,19 +318,7 @@ fn set(t: &mut Table, path: &[String], v: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn file(text: &str) -> tempfile::NamedTempFile {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        f
-    }
+    use crate::configuration::test_files::{env, file};
 
     #[test]
     fn environment_overrides_are_typed_by_the_defaults() {

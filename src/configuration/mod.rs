@@ -17,6 +17,23 @@ use serde::{Deserialize, Serialize};
 
 pub use load::ConfigError;
 
+/// Settings files and environments for unit tests (here and in `startup`).
+#[cfg(test)]
+pub(crate) mod test_files {
+    pub(crate) fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    pub(crate) fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+}
+
 use connector::ConnectorSpec;
 
 pub(crate) const DEFAULTS: &str = include_str!("../../config/default.toml");

@@ -139,12 +139,7 @@ fn with_rows<T>(
         .map_err(ParseError::from);
         return with(sheet).map(|t| (t, None));
     };
-    let headers: Vec<String> = connector
-        .spec
-        .columns
-        .iter()
-        .map(|c| c.header.clone())
-        .collect();
+    let headers = connector.headers();
     let (mapped, report) =
         extractor::run(&job.connector_name, x, &job.source, &job.out_dir, |input| {
             let records = Records::new(input, x.format, x.records.as_deref(), &headers);

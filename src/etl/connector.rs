@@ -139,6 +139,11 @@ impl Connector {
         })
     }
 
+    /// The columns' header texts, in spec order (what a command extractor's record keys match).
+    pub fn headers(&self) -> Vec<String> {
+        self.spec.columns.iter().map(|c| c.header.clone()).collect()
+    }
+
     /// `sheet`, `csv`, `html` or `command`: how this connector reads its files.
     pub fn kind(&self) -> &'static str {
         if self.spec.extractor.is_some() {

@@ -25,8 +25,6 @@ use super::workbook::records::RecordsFormat;
 /// How long the stderr tail is waited for once the command's group is gone (only a process
 /// that left the group can hold the pipe open longer).
 const TAIL_WAIT: Duration = Duration::from_secs(2);
-/// How often that wait looks.
-const JOIN_POLL: Duration = Duration::from_millis(5);
 
 pub use crate::configuration::connector::{ExtractorSpec, OutputChannel};
 
@@ -266,10 +264,15 @@ pub fn run<T, E>(
     let stderr = child.stderr.take().expect("piped");
     let stdout_over = Arc::new(AtomicBool::new(false));
     let err_count = Arc::new(AtomicU64::new(0));
+    // The tail comes back on a channel, so it can be waited for with a timeout.
     let err_tail = {
         let count = err_count.clone();
         let over = Arc::new(AtomicBool::new(false));
-        std::thread::spawn(move || drain_tail(stderr, &count, MAX_LOG_BYTES, &over, pid))
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(drain_tail(stderr, &count, MAX_LOG_BYTES, &over, pid));
+        });
+        rx
     };
     // The wall clock: the watchdog kills the group unless the command is done first.
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -309,10 +312,8 @@ pub fn run<T, E>(
         OutputChannel::File => {
             let over = stdout_over.clone();
             let count = Arc::new(AtomicU64::new(0));
-            let h =
-                std::thread::spawn(move || drain_tail(stdout, &count, MAX_LOG_BYTES, &over, pid));
-            // Joined below, after the group is gone.
-            std::mem::forget(h);
+            // Detached: it ends when the group (which holds the pipe) is gone.
+            std::thread::spawn(move || drain_tail(stdout, &count, MAX_LOG_BYTES, &over, pid));
             None
         }
     };
@@ -321,7 +322,9 @@ pub fn run<T, E>(
     let _ = watchdog.join();
     COMMAND_PGID.store(0, Ordering::SeqCst);
     std::mem::forget(child);
-    let stderr_tail = join_within(err_tail, TAIL_WAIT).unwrap_or_default();
+    // Unless a process that left the group (`setsid`) still holds the pipe open: then the
+    // tail is given up on.
+    let stderr_tail = err_tail.recv_timeout(TAIL_WAIT).unwrap_or_default();
     let report = CommandReport {
         command: args.clone(),
         exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
@@ -423,19 +426,6 @@ fn reap_group(pid: i32) -> (i32, u64) {
             libc::killpg(pid, libc::SIGKILL);
         }
     })
-}
-
-/// A reader thread's result, unless a process outside the group (one that left it with
-/// `setsid`) still holds the pipe open: then the tail is given up on.
-fn join_within(h: std::thread::JoinHandle<String>, wait: Duration) -> Option<String> {
-    let deadline = Instant::now() + wait;
-    while !h.is_finished() {
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(JOIN_POLL);
-    }
-    h.join().ok()
 }
 
 fn last_lines(s: &str, n: usize) -> String {

@@ -553,7 +553,7 @@ fn routes_in(code: &str) -> Vec<(String, String)> {
             })
             .map_or(rest.len(), |(i, _)| i);
         let chain = &rest[..end];
-        let full = if path.starts_with("/v1") || !src_nested(path) {
+        let full = if !src_nested(path) {
             path.to_string()
         } else {
             format!("/v1{path}")
