@@ -12,7 +12,8 @@
 //!   (local blob directory, PostgreSQL sink), per stage, with the server's and the extract
 //!   child's peak RSS: 200k rows, 1M rows (once; `ETLQ_BENCH_1M=0` skips it), and 8 uploads
 //!   of the 200k file at once (month-end close). Each scenario gets a fresh server, so each
-//!   peak RSS is that scenario's own.
+//!   peak RSS is that scenario's own. With the 1M file, the diff of two 1M-record versions
+//!   of one dataset (issue 20): its time and the server's peak RSS during it.
 //!
 //! Bring-your-own extractors and text formats (issue 17), same run:
 //! - upload → promoted through the shipped Python extractor on openpyxl
@@ -589,5 +590,70 @@ fn main() {
             "upload → promoted, 1M: {:.2} s; stages: {}; server peak RSS {:.0} MB, extract child {:.0} MB",
             m.walls[0], m.stages, m.server_peak_mb, m.child_peak_mb
         );
+        // The same lines but 1,000 with an impossible date (rejected): a second version
+        // whose diff against the first walks both million-record versions.
+        let next = samples::gl_export(1_000_000, 1_000);
+        diff_1m(&bin, &server_url, dir.path(), &big.bytes, &next.bytes);
     }
+}
+
+fn vm_rss_kb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Promotes `a` then `b` for one dataset on a fresh server, then asks for their diff: its
+/// time and the server's peak RSS during the diff alone (the peak is reset before it, through
+/// `/proc/PID/clear_refs`), against its RSS just before.
+fn diff_1m(bin: &Path, server_url: &str, dir: &Path, a: &[u8], b: &[u8]) {
+    let name = format!("etlq_bench_diff_{}", std::process::id());
+    let db_url = format!("{server_url}/{name}");
+    let env = [
+        ("DATABASE_URL".to_string(), db_url),
+        (
+            "ETLQ__BLOB__URL".to_string(),
+            dir.join("blobs-diff").display().to_string(),
+        ),
+    ];
+    let server = start_server(bin, &env);
+    let pid = server.child.id().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let (counts, secs, before_kb, peak_kb) = rt.block_on(async {
+        for bytes in [a, b] {
+            let id = upload(&client, &server.base, bytes, "BU-DIFF").await;
+            wait_promoted(&client, &server.base, id).await;
+        }
+        let before = vm_rss_kb(&pid);
+        let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+        let started = Instant::now();
+        let d: serde_json::Value = client
+            .get(format!(
+                "{}/v1/datasets/BU-DIFF/sap_fbl3n/diff?limit=100",
+                server.base
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let peak = if reset { vm_hwm_kb(&pid) } else { 0 };
+        (d["counts"].clone(), secs, before, peak)
+    });
+    drop(server);
+    psql(
+        &format!("{server_url}/postgres"),
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    );
+    println!(
+        "diff of two 1M-record versions (PostgreSQL sink): {secs:.2} s, counts {counts}; server RSS {:.0} MB before, peak during the diff {:.0} MB",
+        before_kb as f64 / 1024.0,
+        peak_kb as f64 / 1024.0
+    );
 }

@@ -9,9 +9,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use futures_util::FutureExt;
 use serde_json::{Value, json};
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,35 +34,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn fresh_db(server: &str) -> (String, PgPool) {
-    let admin = format!("{server}/postgres");
-    let mut c = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to PostgreSQL");
-    // BENCH_KEEP_DB=1 keeps per-database settings (e.g. auto_explain) between runs.
-    if std::env::var_os("BENCH_KEEP_DB").is_none() {
-        sqlx::query("DROP DATABASE IF EXISTS etlq_bench WITH (FORCE)")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        sqlx::query("CREATE DATABASE etlq_bench")
-            .execute(&mut c)
-            .await
-            .unwrap();
-    }
-    let url = format!("{server}/etlq_bench");
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(20)
-        .connect_with(etlq::db::connect_options(&url).unwrap())
-        .await
-        .unwrap();
-    Pools::from_main(pool.clone(), Duration::from_secs(5))
-        .migrate()
-        .await
-        .unwrap();
-    (url, pool)
 }
 
 fn settings(url: &str, concurrency: usize, batch: usize) -> Settings {
@@ -128,7 +101,7 @@ async fn main() {
     let concurrency = arg("--concurrency", 1000);
     let batch = arg("--batch", 500);
     let samples = arg("--samples", 300);
-    let (url, pool) = fresh_db(&server).await;
+    let (url, pool) = common::fresh_db(&server, "etlq_bench").await;
     let store = JobStore::new(&Pools::from_main(pool.clone(), Duration::from_secs(5)), 5);
     let noop: Vec<NewJob> = (0..jobs)
         .map(|_| NewJob::new("noop", Value::Null))

@@ -83,7 +83,7 @@ async function api(method, path, body) {
 function apiError(status, data) {
   const e = data && data.error;
   let message = e ? e.message : "HTTP " + status;
-  if (status === 401) message = "This action needs an API token: enter it at the top of the page.";
+  if (status === 401) message = "This needs an API token: enter it at the top of the page.";
   if (status === 403) message = "The API token was refused: " + message;
   return new ApiError(status, e ? e.code : "http_" + status, message);
 }
@@ -137,6 +137,29 @@ function table(caption, headers, rows, attrs) {
   );
 }
 
+// A download of a job's artifact. A plain link would go without the tab's token (reads may
+// need one), so a click fetches it with the token and saves what came back.
+function downloadLink(path, name, label, id) {
+  const a = h("a", { href: path, download: name, id: id || null }, label);
+  a.addEventListener("click", async (e) => {
+    if (!token()) return; // no token: the browser fetches it as any link
+    e.preventDefault();
+    try {
+      const resp = await fetch(path, { headers: { Authorization: "Bearer " + token() }, credentials: "omit" });
+      if (!resp.ok) throw apiError(resp.status, await resp.json().catch(() => null));
+      const url = URL.createObjectURL(await resp.blob());
+      const save = h("a", { href: url, download: name });
+      document.body.appendChild(save);
+      save.click();
+      save.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (err) {
+      toast(err.message, "error");
+    }
+  });
+  return a;
+}
+
 function field(id, label, control) {
   return h("div", { class: "field" }, h("label", { for: id }, label), control);
 }
@@ -178,6 +201,7 @@ const pages = [
   [/^\/jobs\/(\d+)$/, "jobs", jobDetail],
   [/^\/dead-letters$/, "dead-letters", deadLetters],
   [/^\/datasets$/, "datasets", datasets],
+  [/^\/datasets\/([^/]+)\/([^/]+)\/diff$/, "datasets", datasetDiff],
   [/^\/sources$/, "sources", sources],
   [/^\/sources\/([a-z0-9_-]+)$/, "sources", sourceDetail],
   [/^\/upload$/, "upload", upload],
@@ -205,7 +229,7 @@ async function render(keepFocus) {
   try {
     view = await fn(m, params);
   } catch (e) {
-    view = { nodes: [h("h1", {}, "Error"), h("p", { class: "error", role: "alert" }, e.message)] };
+    view = e.status === 401 || (e.status === 403 && e.code === "forbidden") ? tokenPrompt(e) : { nodes: [h("h1", {}, "Error"), h("p", { class: "error", role: "alert" }, e.message)] };
   }
   if (seq !== renderSeq) return; // a newer render started meanwhile
   // Forms keep what the operator is typing: a refresh only replaces the live part.
@@ -222,6 +246,29 @@ async function render(keepFocus) {
     if (el) el.focus();
   }
   if (view.refresh) refreshTimer = setTimeout(() => render(true), view.refresh);
+}
+
+// A read was refused: this server keeps its data behind a token. Ask for one here, keep it
+// for the tab (sessionStorage) and show the page again.
+function tokenPrompt(e) {
+  const input = h("input", { id: "prompt-token", type: "password", autocomplete: "off", spellcheck: "false", "aria-describedby": "prompt-why" });
+  const form = h(
+    "form",
+    { id: "token-prompt", autocomplete: "off" },
+    h("p", { id: "prompt-why", role: "alert" }, e.status === 401 ? "This server keeps its data behind an API token. Enter yours to continue." : "The API token was refused for this page: " + e.message),
+    field("prompt-token", "API token", input),
+    h("button", { type: "submit", id: "prompt-save" }, "Use token")
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const v = input.value.trim();
+    if (!v) return;
+    sessionStorage.setItem(TOKEN_KEY, v);
+    showToken();
+    render(false);
+  });
+  setTimeout(() => input.focus(), 0);
+  return { title: "Token needed", nodes: [h("h1", {}, "Token needed"), form] };
 }
 
 function refreshNow() {
@@ -621,7 +668,7 @@ function jobBody(job, rejected, offset, params) {
         "section",
         { "aria-labelledby": "dl-h" },
         h("h2", { id: "dl-h" }, "Artifacts"),
-        h("ul", { class: "downloads" }, ["records.ndjson", "rejected.ndjson", "report.json"].map((n) => h("li", {}, h("a", { href: `/v1/jobs/${job.id}/artifacts/${n}`, download: `job-${job.id}-${n}` }, n))))
+        h("ul", { class: "downloads" }, ["records.ndjson", "rejected.ndjson", "report.json"].map((n) => h("li", {}, downloadLink(`/v1/jobs/${job.id}/artifacts/${n}`, `job-${job.id}-${n}`, n))))
       )
     );
   }
@@ -704,7 +751,7 @@ function rejectedSection(job, rej, offset, params) {
     { "aria-labelledby": "rej-h" },
     h("h2", { id: "rej-h" }, "Rejected rows ", h("span", { class: "muted", id: "rejected-count" }, "(" + shown + ")")),
     table("Rows the extract rejected", ["sheet", "row", "column", "value", "reason"], rows, { id: "rejected" }),
-    h("nav", { class: "pager", "aria-label": "Rejected pages" }, nav, " ", h("a", { href: `/v1/jobs/${job.id}/artifacts/rejected.ndjson`, download: `job-${job.id}-rejected.ndjson`, id: "rej-download" }, "Download all (NDJSON)"))
+    h("nav", { class: "pager", "aria-label": "Rejected pages" }, nav, " ", downloadLink(`/v1/jobs/${job.id}/artifacts/rejected.ndjson`, `job-${job.id}-rejected.ndjson`, "Download all (NDJSON)", "rej-download"))
   );
 }
 
@@ -799,32 +846,96 @@ async function deadLetters(_m, params) {
 
 async function datasets() {
   const d = await api("GET", "/v1/datasets");
-  const sections = d.datasets.map((ds) =>
-    h(
-      "section",
-      { class: "dataset", "data-dataset": `${ds.bu_id}/${ds.connector}` },
-      h("h2", {}, ds.bu_id, " / ", ds.connector),
-      h(
-        "dl",
-        { class: "facts" },
-        [
-          ["promoted version", String(ds.version)],
-          ["records", String(ds.records)],
-          ["generation", String(ds.generation)],
-          ["promoted at", fmtTime(ds.promoted_at)],
-          ["checksum (order-independent)", ds.checksum],
-        ].map(([k, v]) => [h("dt", {}, k), h("dd", k.startsWith("checksum") ? { title: CHECKSUM_MEANS } : {}, v)])
-      ),
-      table(
-        "Recent promotions, newest first",
-        ["job", "outcome", "previous version", "cache counter", "promoted at"],
-        ds.recent.map((p) => h("tr", {}, h("td", {}, jobLink(p.job_id)), h("td", {}, p.outcome), h("td", { class: "num" }, p.previous_version === null ? "" : String(p.previous_version)), h("td", { class: "num" }, String(p.cache_counter)), h("td", {}, fmtTime(p.promoted_at))))
-      )
-    )
-  );
+  const details = await Promise.all(d.datasets.map((ds) => api("GET", `/v1/datasets/${encodeURIComponent(ds.bu_id)}/${encodeURIComponent(ds.connector)}`)));
+  const sections = d.datasets.map((ds, i) => datasetSection(ds, details[i]));
   return {
     title: "Datasets",
     nodes: [h("h1", {}, "Datasets"), h("p", {}, "Cache counter: ", h("strong", { id: "cache-counter" }, String(d.cache_counter))), sections.length ? sections : h("p", {}, "No dataset has been promoted yet.")],
+  };
+}
+
+function diffLink(ds, from, to, label) {
+  const q = new URLSearchParams({ from: String(from), to: String(to) });
+  return h("a", { href: `#/datasets/${encodeURIComponent(ds.bu_id)}/${encodeURIComponent(ds.connector)}/diff?${q}`, "data-diff": `${from}-${to}` }, label || "changes");
+}
+
+function datasetSection(ds, detail) {
+  const base = `/v1/datasets/${encodeURIComponent(ds.bu_id)}/${encodeURIComponent(ds.connector)}`;
+  const kept = new Set(detail.kept_versions.map((k) => k.version).concat([ds.version]));
+  const confirmArea = h("div", { class: "rollback-confirm", role: "region", "aria-live": "polite" });
+  const ask = (version) => {
+    const reason = h("input", { id: "rollback-reason", type: "text", maxlength: 500, placeholder: "why (kept in the audit log)" });
+    const yes = action("rollback-yes", `Roll back to ${version}`, async () => {
+      const why = reason.value.trim();
+      if (!why) throw new Error("Say why first: the reason goes to the audit log.");
+      const r = await api("POST", base + "/rollback", { version, reason: why });
+      confirmArea.replaceChildren();
+      return r.changed ? `Rolled back to version ${version} (generation ${r.manifest.generation}).` : `Version ${version} was already promoted.`;
+    });
+    confirmArea.replaceChildren(
+      h("div", { class: "confirm" }, h("p", {}, `Point ${ds.bu_id} / ${ds.connector} back at version ${version}? Readers see it at once; version ${ds.version} stays kept for ${detail.retention_hours} h.`), field("rollback-reason", "Reason", reason), yes, h("button", { type: "button", id: "rollback-no", onclick: () => confirmArea.replaceChildren() }, "Keep the current version"))
+    );
+    reason.focus();
+  };
+  return h(
+    "section",
+    { class: "dataset", "data-dataset": `${ds.bu_id}/${ds.connector}` },
+    h("h2", {}, ds.bu_id, " / ", ds.connector),
+    h(
+      "dl",
+      { class: "facts" },
+      [
+        ["promoted version", String(ds.version)],
+        ["records", String(ds.records)],
+        ["generation", String(ds.generation)],
+        ["promoted at", fmtTime(ds.promoted_at)],
+        ["checksum (order-independent)", ds.checksum],
+      ].map(([k, v]) => [h("dt", {}, k), h("dd", k.startsWith("checksum") ? { title: CHECKSUM_MEANS } : {}, v)])
+    ),
+    table(
+      "Recent promotions, newest first",
+      ["job", "outcome", "previous version", "cache counter", "promoted at", "changes"],
+      ds.recent.map((p) => h("tr", {}, h("td", {}, jobLink(p.job_id)), h("td", {}, p.outcome), h("td", { class: "num" }, p.previous_version === null ? "" : String(p.previous_version)), h("td", { class: "num" }, String(p.cache_counter)), h("td", {}, fmtTime(p.promoted_at)), h("td", {}, p.outcome === "promoted" && p.previous_version !== null && kept.has(p.previous_version) && kept.has(p.job_id) ? diffLink(ds, p.previous_version, p.job_id) : "")))
+    ),
+    table(
+      "Kept versions: roll back to one within its window",
+      ["version", "records", "replaced by", "restorable until", ""],
+      detail.kept_versions.map((k) => h("tr", {}, h("td", { class: "num" }, String(k.version)), h("td", { class: "num" }, k.records === null ? "" : String(k.records)), h("td", { class: "num" }, String(k.superseded_by)), h("td", {}, fmtTime(k.restorable_until)), h("td", {}, h("button", { type: "button", "data-rollback": String(k.version), onclick: () => ask(k.version) }, "Roll back"), " ", diffLink(ds, k.version, ds.version, "changes since"))))
+    ),
+    detail.rollbacks.length ? table("Rollbacks, newest first", ["generation", "from", "to", "by", "reason", "at"], detail.rollbacks.map((r) => h("tr", {}, h("td", { class: "num" }, String(r.generation)), h("td", { class: "num" }, String(r.from_version)), h("td", { class: "num" }, String(r.to_version)), h("td", {}, r.actor), h("td", {}, r.reason), h("td", {}, fmtTime(r.at))))) : null,
+    confirmArea
+  );
+}
+
+async function datasetDiff(m, params) {
+  const [bu, conn] = [decodeURIComponent(m[1]), decodeURIComponent(m[2])];
+  const q = new URLSearchParams();
+  for (const k of ["from", "to", "cursor"]) if (params.get(k)) q.set(k, params.get(k));
+  q.set("limit", "50");
+  const d = await api("GET", `/v1/datasets/${encodeURIComponent(bu)}/${encodeURIComponent(conn)}/diff?${q}`);
+  const c = d.counts;
+  const rows = [];
+  for (const ch of d.changes) {
+    if (ch.change === "changed") {
+      for (const f of ch.fields) rows.push(h("tr", { class: "changed" }, h("td", {}, "changed"), h("td", { class: "mono" }, ch.id), h("td", {}, f.field), h("td", {}, f.old === null ? "" : String(f.old)), h("td", {}, f.new === null ? "" : String(f.new))));
+    } else {
+      rows.push(h("tr", { class: ch.change }, h("td", {}, ch.change), h("td", { class: "mono" }, ch.id), h("td", { colspan: 3 }, JSON.stringify(ch.record))));
+    }
+  }
+  let next = null;
+  if (d.next_cursor) {
+    const p = new URLSearchParams({ from: String(d.from), to: String(d.to), cursor: d.next_cursor });
+    next = h("a", { id: "diff-next", href: `#/datasets/${encodeURIComponent(bu)}/${encodeURIComponent(conn)}/diff?${p}` }, "Next changes");
+  }
+  return {
+    title: "Changes",
+    nodes: [
+      h("h1", {}, `Changes in ${bu} / ${conn}: version ${d.from} → ${d.to}`),
+      h("p", { id: "diff-counts" }, `${c.added} added, ${c.removed} removed, ${c.changed} changed, ${c.unchanged} unchanged`),
+      table("Changed records (old → new)", ["change", "document id", "field", "old", "new"], rows),
+      next,
+      h("p", {}, h("a", { href: "#/datasets" }, "Back to datasets")),
+    ],
   };
 }
 

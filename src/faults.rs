@@ -18,6 +18,9 @@ pub trait StagePause: Send + Sync + std::fmt::Debug {
 pub struct Faults {
     #[cfg(feature = "test-aids")]
     pub(crate) pause: Option<Arc<dyn StagePause>>,
+    /// `testing.pause_in_rollback_ms`: a rollback waits this long before it commits.
+    #[cfg(feature = "test-aids")]
+    pub(crate) rollback_pause: std::time::Duration,
 }
 
 impl Faults {
@@ -29,5 +32,14 @@ impl Faults {
             return p.pause(_ctx).await;
         }
         Ok(())
+    }
+
+    /// Pauses a rollback after its changes, before its commit, when a test asked for it.
+    #[inline]
+    pub async fn pause_rollback(&self) {
+        #[cfg(feature = "test-aids")]
+        if !self.rollback_pause.is_zero() {
+            tokio::time::sleep(self.rollback_pause).await;
+        }
     }
 }

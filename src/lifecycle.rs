@@ -1,8 +1,9 @@
 //! The per-process worker mode: Normal → PreparingForStop → SafeToStop (SPEC §4).
 //!
-//! Mode and in-flight count live under one mutex so "nothing in flight" and the move to
+//! Mode and slot counts live under one mutex so "nothing in flight" and the move to
 //! SafeToStop can never disagree. Claims reserve their slots here first: a claim racing a drain
-//! either reserves before it (and its jobs count as in flight) or gets nothing.
+//! either reserves before it (and the drain waits for it to settle) or gets nothing. Reserved
+//! slots are not shown as in flight: the status says how many jobs are running, never more.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,7 +56,10 @@ struct Inner {
 
 struct State {
     mode: Mode,
-    in_flight: usize,
+    /// Jobs claimed and running here.
+    running: usize,
+    /// Slots reserved by claims still on their way to PostgreSQL.
+    claiming: usize,
     /// Identifies one drain, so a timer left over from a drain that was resumed does nothing.
     epoch: u64,
 }
@@ -70,7 +74,8 @@ impl Lifecycle {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     mode: Mode::Normal,
-                    in_flight: 0,
+                    running: 0,
+                    claiming: 0,
                     epoch: 0,
                 }),
                 status: watch::channel(initial).0,
@@ -100,35 +105,52 @@ impl Lifecycle {
     fn publish(&self, st: &State) -> Status {
         let status = Status {
             mode: st.mode,
-            in_flight: st.in_flight,
+            in_flight: st.running,
         };
         self.inner.status.send_replace(status);
         status
     }
 
-    /// Reserves up to `want` slots for jobs about to be claimed; none unless Normal.
-    pub fn try_reserve(&self, want: usize) -> usize {
+    /// Reserves up to `want` of the slots `cap` leaves free, for jobs about to be claimed;
+    /// none unless Normal. The free count is read under the lock that takes the slots: claim
+    /// loops reserving at once can never pass `cap` together (reading the count first and
+    /// reserving after did, with several loops on a multi-threaded runtime). Every reservation
+    /// is settled with [`Lifecycle::settle`].
+    pub fn try_reserve(&self, want: usize, cap: usize) -> usize {
         let mut st = self.inner.state.lock().unwrap();
-        if st.mode != Mode::Normal || want == 0 {
+        let n = want.min(cap.saturating_sub(st.running + st.claiming));
+        if st.mode != Mode::Normal || n == 0 {
             return 0;
         }
-        st.in_flight += want;
-        self.publish(&st);
-        want
+        st.claiming += n;
+        n
     }
 
-    /// Frees `n` slots (a job finished, or a claim returned fewer jobs than reserved).
+    /// A claim of `reserved` slots came back with `got` jobs (0 when it failed): those run,
+    /// the rest of the slots are free again.
+    pub fn settle(&self, reserved: usize, got: usize) {
+        let mut st = self.inner.state.lock().unwrap();
+        st.claiming = st.claiming.saturating_sub(reserved);
+        st.running += got.min(reserved);
+        self.settled(&mut st);
+    }
+
+    /// Frees `n` slots of running jobs (they finished, failed or were released).
     pub fn release(&self, n: usize) {
         if n == 0 {
             return;
         }
         let mut st = self.inner.state.lock().unwrap();
-        st.in_flight = st.in_flight.saturating_sub(n);
-        if st.mode == Mode::PreparingForStop && st.in_flight == 0 {
+        st.running = st.running.saturating_sub(n);
+        self.settled(&mut st);
+    }
+
+    fn settled(&self, st: &mut State) {
+        if st.mode == Mode::PreparingForStop && st.running + st.claiming == 0 {
             st.mode = Mode::SafeToStop;
             tracing::info!("drained: SafeToStop");
         }
-        self.publish(&st);
+        self.publish(st);
     }
 
     /// Normal → PreparingForStop (or straight to SafeToStop when idle). Idempotent. The drain
@@ -139,13 +161,14 @@ impl Lifecycle {
             return self.publish(&st);
         }
         st.epoch += 1;
-        if st.in_flight == 0 {
+        if st.running + st.claiming == 0 {
             st.mode = Mode::SafeToStop;
             tracing::info!("drain requested while idle: SafeToStop");
         } else {
             st.mode = Mode::PreparingForStop;
             tracing::info!(
-                in_flight = st.in_flight,
+                in_flight = st.running,
+                claiming = st.claiming,
                 "drain requested: PreparingForStop"
             );
         }
@@ -179,7 +202,7 @@ impl Lifecycle {
                         let st = self.inner.state.lock().unwrap();
                         if st.epoch == epoch && st.mode == Mode::PreparingForStop {
                             tracing::warn!(
-                                in_flight = st.in_flight,
+                                in_flight = st.running,
                                 "drain timeout: cancelling running stages and releasing their jobs"
                             );
                             self.inner.force.send_modify(|v| *v += 1);
@@ -232,16 +255,48 @@ mod tests {
     async fn idle_drain_is_immediately_safe_and_resume_returns_to_normal() {
         let l = Lifecycle::new(Duration::from_secs(5));
         assert_eq!(l.drain().mode, Mode::SafeToStop);
-        assert_eq!(l.try_reserve(3), 0, "no claims while drained");
+        assert_eq!(l.try_reserve(3, 10), 0, "no claims while drained");
         assert_eq!(l.resume().mode, Mode::Normal);
-        assert_eq!(l.try_reserve(3), 3);
+        assert_eq!(l.try_reserve(3, 10), 3);
+        assert_eq!(l.try_reserve(9, 10), 7, "only what the cap leaves");
+        assert_eq!(l.try_reserve(1, 10), 0);
+        assert_eq!(l.status().in_flight, 0, "reserved is not running");
+        l.settle(7, 2);
+        assert_eq!(l.status().in_flight, 2);
+        assert_eq!(l.try_reserve(9, 10), 5, "3 still claiming, 2 running");
+    }
+
+    #[test]
+    fn reservations_from_many_threads_never_pass_the_cap() {
+        let l = Lifecycle::new(Duration::from_secs(5));
+        let barrier = std::sync::Barrier::new(8);
+        let taken: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        (0..1000).map(|_| l.try_reserve(3, 10)).sum::<usize>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(taken, 10);
+        l.settle(10, 10);
+        assert_eq!(l.status().in_flight, 10);
     }
 
     #[tokio::test]
     async fn drain_waits_for_in_flight_jobs() {
         let l = Lifecycle::new(Duration::from_secs(5));
-        l.try_reserve(2);
-        assert_eq!(l.drain().mode, Mode::PreparingForStop);
+        l.try_reserve(3, 10);
+        assert_eq!(
+            l.drain().mode,
+            Mode::PreparingForStop,
+            "a claim is on its way"
+        );
+        l.settle(3, 2);
+        assert_eq!(l.mode(), Mode::PreparingForStop);
         l.release(1);
         assert_eq!(l.mode(), Mode::PreparingForStop);
         l.release(1);
@@ -254,7 +309,8 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         let timer = tokio::spawn(l.clone().drain_timer(stop.clone()));
         let mut force = l.force_release_signal();
-        l.try_reserve(1);
+        l.try_reserve(1, 10);
+        l.settle(1, 1);
         l.drain();
         tokio::time::sleep(Duration::from_secs(5)).await;
         l.resume();

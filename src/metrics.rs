@@ -74,6 +74,12 @@ pub struct SourceEventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReclaimLabels {
+    /// superseded_versions, abandoned_versions, documents, blobs, work_dirs, uploads.
+    pub what: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
 }
@@ -94,6 +100,7 @@ pub struct Metrics {
     pub jobs_released: Counter,
     /// Writes refused because the job's fencing token had moved on (lease lost, cancelled).
     pub stale_writes_rejected: Counter,
+    pub transitions_refused: Counter,
     pub leases_lost: Counter,
     pub lease_renewals: Counter,
     /// `workers` heartbeats that failed (PostgreSQL unreachable from the control pool).
@@ -110,6 +117,7 @@ pub struct Metrics {
     source_blobs: Family<SourceBlobLabels, Counter>,
     source_events: Family<SourceEventLabels, Counter>,
     source_lag: Family<SourceLabels, Histogram>,
+    reclaimed: Family<ReclaimLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +131,7 @@ impl Default for Metrics {
             jobs_dead: Counter::default(),
             jobs_released: Counter::default(),
             stale_writes_rejected: Counter::default(),
+            transitions_refused: Counter::default(),
             leases_lost: Counter::default(),
             lease_renewals: Counter::default(),
             heartbeat_failures: Counter::default(),
@@ -138,6 +147,7 @@ impl Default for Metrics {
             source_blobs: Family::default(),
             source_events: Family::default(),
             source_lag: Family::new_with_constructor(seconds_histogram),
+            reclaimed: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -175,6 +185,11 @@ impl Default for Metrics {
             "stale_writes_rejected",
             "Checkpoints or completions rejected by the fencing token",
             m.stale_writes_rejected.clone(),
+        );
+        r.register(
+            "transitions_refused",
+            "Checkpoints or completions PostgreSQL refused (not a connection problem); logged with the server's error",
+            m.transitions_refused.clone(),
         );
         r.register(
             "leases_lost",
@@ -251,6 +266,11 @@ impl Default for Metrics {
             "From a blob's last modification to its job's enqueue, by source",
             m.source_lag.clone(),
         );
+        r.register(
+            "reclaimed",
+            "What the cleaners removed, by kind: superseded and abandoned versions, their documents and blobs, work directories, stored uploads no job names",
+            m.reclaimed.clone(),
+        );
         // Both outcomes exist from the start, so `rate()` sees a 0 before the first rescue.
         for outcome in ["requeued", "dead"] {
             drop(m.rescued.get_or_create(&RescueLabels {
@@ -264,6 +284,15 @@ impl Default for Metrics {
 impl Metrics {
     pub fn inc(counter: &Counter, by: u64) {
         counter.inc_by(by);
+    }
+
+    /// Counts what a cleaner removed (`what`: see [`ReclaimLabels`]).
+    pub fn reclaimed(&self, what: &str, n: u64) {
+        if n > 0 {
+            self.reclaimed
+                .get_or_create(&ReclaimLabels { what: what.into() })
+                .inc_by(n);
+        }
     }
 
     pub fn stage_finished(&self, kind: &str, stage: &str, took: Duration, outcome: &str) {

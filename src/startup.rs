@@ -29,8 +29,9 @@ use crate::faults::Faults;
 use crate::fleet::{FleetStore, WorkerInfo};
 use crate::lifecycle::Lifecycle;
 use crate::maintenance::{
-    JobCleaner, JobCleanerConfig, Rescuer, RescuerConfig, SourceRunCleaner, SourceRunCleanerConfig,
-    StatsRollup, StatsRollupConfig, SupersededCleaner, SupersededCleanerConfig,
+    JobCleaner, JobCleanerConfig, OrphanCleaner, OrphanCleanerConfig, Rescuer, RescuerConfig,
+    SourceRunCleaner, SourceRunCleanerConfig, StatsRollup, StatsRollupConfig, SupersededCleaner,
+    SupersededCleanerConfig,
 };
 use crate::metrics::Metrics;
 use crate::pipeline::{Registry, noop_kind};
@@ -200,6 +201,10 @@ impl Application {
         role: Role,
         drain: CancellationToken,
     ) -> Result<Self, StartupError> {
+        // Before anything else: a process that must not listen says so at once.
+        if let Some(problem) = settings.api.exposure_problem() {
+            return Err(StartupError::Other(problem));
+        }
         let pools = crate::db::connect(
             &settings.database,
             Duration::from_millis(settings.database.startup_wait_ms),
@@ -229,6 +234,8 @@ impl Application {
                 runs,
                 settings.testing.clone(),
             )));
+            etl.faults.rollback_pause =
+                Duration::from_millis(settings.testing.pause_in_rollback_ms);
         }
         let etl = Arc::new(etl);
         registry.register(etl.kind());
@@ -314,7 +321,20 @@ impl Application {
                     datasets.clone(),
                     etl.sink.clone(),
                     etl.blobs.clone(),
+                    metrics.clone(),
                     SupersededCleanerConfig::from_settings(&settings.etl),
+                )
+                .run(maintenance.clone()),
+            );
+            tasks.spawn(
+                OrphanCleaner::new(
+                    jobs.clone(),
+                    datasets.clone(),
+                    pools.clone(),
+                    etl.sink.clone(),
+                    etl.blobs.clone(),
+                    metrics.clone(),
+                    OrphanCleanerConfig::from_settings(&settings.etl),
                 )
                 .run(maintenance.clone()),
             );

@@ -1,11 +1,60 @@
-//! What the ETL and sink benchmarks share: a release `etlq serve` that dies with the
+//! What the benchmarks share: a fresh database, a release `etlq serve` that dies with the
 //! benchmark, and an upload that is waited for until promoted.
+
+// Each bench binary compiles this module and uses a part of it.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+
+/// A new, migrated database `name` on `server` (dropped first); `BENCH_KEEP_DB=1` keeps an
+/// existing one (and its per-database settings, e.g. auto_explain) instead.
+pub async fn fresh_db(server: &str, name: &str) -> (String, sqlx::PgPool) {
+    use sqlx::Connection;
+    let admin = format!("{server}/postgres");
+    let mut c = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to PostgreSQL");
+    if std::env::var_os("BENCH_KEEP_DB").is_none() {
+        for ddl in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(ddl))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+    let url = format!("{server}/{name}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect_with(etlq::db::connect_options(&url).unwrap())
+        .await
+        .unwrap();
+    etlq::db::Pools::from_main(pool.clone(), Duration::from_secs(5))
+        .migrate()
+        .await
+        .unwrap();
+    (url, pool)
+}
+
+/// Drops database `name` on `server`.
+pub async fn drop_db(server: &str, name: &str) {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
+}
 
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -1,13 +1,16 @@
-//! Bearer-token auth for mutating endpoints, active when `api.tokens` is non-empty. The
-//! caller becomes the request's [`Actor`] (the token's name, or `anonymous`).
+//! Bearer-token auth with roles (`api.tokens`, `access.rs`), active when any token is set.
+//! The caller becomes the request's [`Actor`] (the token's name and the role it used, or
+//! `anonymous`).
 
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::access::{self, Access};
 use super::error::ApiError;
+use crate::configuration::{ApiToken, TokenRole};
 use crate::queue::Actor;
 
 pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -23,56 +26,93 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The token's name when `header` carries a configured token.
-pub fn token_name<'a>(state: &'a AppState, header: Option<&str>) -> Option<&'a str> {
+/// The configured token `header` carries, with its name.
+pub fn token_of<'a>(state: &'a AppState, header: Option<&str>) -> Option<(&'a str, &'a ApiToken)> {
     let presented = header.and_then(bearer)?;
     state
         .settings
         .api
         .tokens
         .iter()
-        .find(|(_, t)| constant_time_eq(t.as_bytes(), presented.as_bytes()))
-        .map(|(n, _)| n.as_str())
+        .find(|(_, t)| constant_time_eq(t.secret().as_bytes(), presented.as_bytes()))
+        .map(|(n, t)| (n.as_str(), t))
 }
 
-fn api_actor(state: &AppState, id: &str) -> Actor {
-    Actor::new(id, format!("etlq-api/{}", state.identity.version))
-}
-
-pub async fn require_token(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let tokens = &state.settings.api.tokens;
-    let read_only = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    // The Event Grid webhook authenticates itself (the source's `?key=` secret, or a token):
-    // Event Grid cannot send a bearer token.
-    let webhook = is_webhook(req.uri().path());
-    if tokens.is_empty() || read_only || webhook {
-        req.extensions_mut().insert(api_actor(&state, "anonymous"));
-        return next.run(req).await;
+/// The caller as events and the audit log record it: the token's name, and in the source the
+/// role it acted with.
+fn api_actor(state: &AppState, id: &str, role: Option<TokenRole>) -> Actor {
+    let source = format!("etlq-api/{}", state.identity.version);
+    match role {
+        Some(r) => Actor::new(id, format!("{source} role={}", r.as_str())),
+        None => Actor::new(id, source),
     }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+    resp
+}
+
+/// Runs after routing (a route layer), so it knows the matched route and looks up the role it
+/// needs in [`access::ROUTES`]. Tokens off (a loopback listener, or `api.anonymous` on purpose):
+/// everything is open. Tokens on: every `/v1` route needs a token holding its role — reads too,
+/// unless `api.anonymous_read`.
+pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let api = &state.settings.api;
+    let Some(access) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|m| access::required(req.method().as_str(), m.as_str()))
+    else {
+        // Deny by default: a route someone forgot to list is not silently open.
+        let route = req.uri().path().to_string();
+        tracing::error!(%route, "a route with no entry in api::access::ROUTES was called");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this endpoint has no access rule",
+        )
+        .into_response();
+    };
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if header.and_then(bearer).is_none() {
-        let mut resp = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "this endpoint requires `Authorization: Bearer <token>`",
-        )
-        .into_response();
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
-        return resp;
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let role = match access {
+        Access::Open | Access::SourceSecret => None,
+        Access::Role(_) if api.tokens.is_empty() => None,
+        Access::Role(TokenRole::Read) if api.anonymous_read && header.is_none() => None,
+        Access::Role(role) => Some(role),
+    };
+    let Some(role) = role else {
+        req.extensions_mut()
+            .insert(api_actor(&state, "anonymous", None));
+        return next.run(req).await;
+    };
+    if header.as_deref().and_then(bearer).is_none() {
+        return unauthorized(&format!(
+            "this endpoint needs `Authorization: Bearer <token>` with the {} role",
+            role.as_str()
+        ));
     }
-    match token_name(&state, header).map(str::to_owned) {
-        Some(name) => {
-            req.extensions_mut().insert(api_actor(&state, &name));
+    match token_of(&state, header.as_deref()) {
+        Some((name, token)) if token.grants(role) => {
+            let actor = api_actor(&state, name, Some(role));
+            req.extensions_mut().insert(actor);
             next.run(req).await
         }
+        Some((name, _)) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "the token `{name}` does not have the {} role this endpoint needs",
+                role.as_str()
+            ),
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -82,24 +122,9 @@ pub async fn require_token(
     }
 }
 
-/// `/v1/sources/{name}/events`.
-fn is_webhook(path: &str) -> bool {
-    path.strip_prefix("/v1/sources/")
-        .and_then(|rest| rest.strip_suffix("/events"))
-        .is_some_and(|name| !name.is_empty() && !name.contains('/'))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{bearer, is_webhook};
-
-    #[test]
-    fn only_the_webhook_route_authenticates_itself() {
-        assert!(is_webhook("/v1/sources/gl/events"));
-        assert!(!is_webhook("/v1/sources/gl/tick"));
-        assert!(!is_webhook("/v1/sources/a/b/events"));
-        assert!(!is_webhook("/v1/sources//events"));
-    }
+    use super::bearer;
 
     #[test]
     fn the_scheme_is_case_insensitive() {

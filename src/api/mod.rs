@@ -5,6 +5,7 @@
 //! `health.rs` (health, readiness, metrics, OpenAPI). `extractors.rs`
 //! turns rejections into JSON errors (`error.rs`); `auth.rs` checks bearer tokens.
 
+pub mod access;
 mod auth;
 mod console;
 mod datasets;
@@ -98,6 +99,12 @@ pub fn router(state: AppState, surface: Surface) -> Router {
             .route("/dead-letters/retry", post(dead_letters::retry_bulk))
             .route("/dead-letters/{id}/retry", post(dead_letters::retry_one))
             .route("/datasets", get(datasets::list))
+            .route("/datasets/{bu_id}/{connector}", get(datasets::show))
+            .route("/datasets/{bu_id}/{connector}/diff", get(datasets::diff))
+            .route(
+                "/datasets/{bu_id}/{connector}/rollback",
+                post(datasets::rollback),
+            )
             .route("/sources", get(sources::list))
             .route("/sources/{name}", get(sources::show))
             .route("/sources/{name}/ledger", get(sources::ledger))
@@ -147,6 +154,11 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         routes = routes.merge(uploads);
     }
     routes
+        // After routing: the auth layer needs the matched route to know the role it needs.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -155,10 +167,6 @@ pub fn router(state: AppState, surface: Surface) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ))
         // Failures are logged where they happen, once, at their real level (ApiError: an id
         // and the detail for 500s, a warning for an unavailable dependency); the default
         // on_failure would add an ERROR line for every 5xx, a draining /readyz included.

@@ -19,19 +19,12 @@ use crate::etl::child::ChildJob;
 use crate::etl::connector::{Connector, ConnectorSpec};
 use crate::etl::isolate::IsolateError;
 use crate::etl::stages::extract::source_name;
+use crate::etl::work_dir::WorkDir;
 
 /// Previews running at once per process: each is a child process.
 static RUNNING: Semaphore = Semaphore::const_new(2);
 
 /// A staged preview file and its directory, removed when dropped.
-struct Staged(std::path::PathBuf);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub async fn named(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -78,7 +71,7 @@ async fn preview(
         .unwrap_or_else(|| "draft".into());
     let mut connector = configured;
     let mut bu_id = "preview".to_string();
-    let mut staged: Option<(Staged, std::path::PathBuf)> = None;
+    let mut staged: Option<(WorkDir, std::path::PathBuf)> = None;
     loop {
         let field = tokio::time::timeout(pause, form.next_field())
             .await
@@ -91,15 +84,15 @@ async fn preview(
                     return Err(ApiError::bad_request("more than one file field"));
                 }
                 let original = field.file_name().unwrap_or("upload").to_string();
-                let dir = state
-                    .etl
-                    .work_dir
-                    .join(format!("preview-{}", uuid::Uuid::new_v4().simple()));
-                std::fs::create_dir_all(&dir).map_err(|e| {
+                let guard = WorkDir::create(
+                    &state.etl.work_dir,
+                    "preview-",
+                    &uuid::Uuid::new_v4().simple().to_string(),
+                )
+                .map_err(|e| {
                     ApiError::unavailable("work_dir", "the work directory (etl.work_dir)", e)
                 })?;
-                let guard = Staged(dir.clone());
-                let path = dir.join(source_name(&original));
+                let path = guard.path().join(source_name(&original));
                 let mut file = tokio::fs::File::create(&path).await.map_err(|e| {
                     ApiError::unavailable("work_dir", "the work directory (etl.work_dir)", e)
                 })?;
@@ -143,7 +136,7 @@ async fn preview(
         connector: connector.spec.clone(),
         bu_id,
         source,
-        out_dir: dir.0.clone(),
+        out_dir: dir.path().to_path_buf(),
         max_inflated_bytes: state.etl.settings.max_inflated_bytes,
         preview: true,
     };

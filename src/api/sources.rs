@@ -280,13 +280,15 @@ fn webhook_source<'a>(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if by_key || auth::token_name(state, bearer).is_some() {
+    let operator = auth::token_of(state, bearer)
+        .is_some_and(|(_, t)| t.grants(crate::configuration::TokenRole::Operate));
+    if by_key || operator {
         Ok(s)
     } else {
         Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "this endpoint needs the source's secret as ?key=… (or an API bearer token)",
+            "this endpoint needs the source's secret as ?key=… (or an API bearer token with the operate role)",
         ))
     }
 }

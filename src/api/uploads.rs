@@ -236,15 +236,34 @@ async fn store_file(
 pub async fn upload(
     State(state): State<AppState>,
     Extension(actor): Extension<Actor>,
-    Multipart(mut form): Multipart,
+    Multipart(form): Multipart,
 ) -> Result<axum::response::Response, ApiError> {
-    let max = state.etl.settings.max_upload_bytes;
-    let pause = Duration::from_millis(state.settings.api.body_read_timeout_ms);
     let mut guard = StoredGuard {
         blobs: state.etl.blobs.clone(),
         key: None,
         cleanup: state.cleanup.clone(),
     };
+    let answer = receive(&state, &actor, form, &mut guard).await;
+    // A refused upload's file is gone before the answer is (the guard's drop only covers a
+    // request cut off midway).
+    if answer.is_err()
+        && let Some(key) = guard.key.take()
+        && let Err(e) = state.etl.blobs.delete(&key).await
+    {
+        tracing::warn!(key, error = %e, "removing a refused upload failed");
+    }
+    answer
+}
+
+async fn receive(
+    state: &AppState,
+    actor: &Actor,
+    mut form: axum::extract::Multipart,
+    guard: &mut StoredGuard,
+) -> Result<axum::response::Response, ApiError> {
+    let state = state.clone();
+    let max = state.etl.settings.max_upload_bytes;
+    let pause = Duration::from_millis(state.settings.api.body_read_timeout_ms);
     let (mut bu_id, mut connector, mut idempotency_key): (
         Option<String>,
         Option<String>,
@@ -266,7 +285,7 @@ pub async fn upload(
                 if let (Some(b), Some(c)) = (&bu_id, &connector) {
                     submit::check_target(&state.etl, b, c)?;
                 }
-                stored = Some(store_file(&state, field, max, pause, &mut guard).await?);
+                stored = Some(store_file(&state, field, max, pause, guard).await?);
             }
             "bu_id" => bu_id = Some(text_field(field, pause).await?),
             "connector" => connector = Some(text_field(field, pause).await?),
@@ -285,7 +304,7 @@ pub async fn upload(
     let file = stored.ok_or_else(|| ApiError::bad_request("missing field file"))?;
     let submitted = submit::submit(
         &state.etl,
-        &actor,
+        actor,
         Submission {
             bu_id,
             connector,

@@ -3,6 +3,7 @@
 //! REST API.
 
 mod connectors;
+mod datasets;
 mod dlq;
 mod jobs;
 mod lifecycle;
@@ -103,6 +104,11 @@ enum Cmd {
     Sources {
         #[command(subcommand)]
         action: sources::SourcesCmd,
+    },
+    /// Datasets over a running server: list, show, diff two versions, roll back.
+    Datasets {
+        #[command(subcommand)]
+        action: datasets::DatasetsCmd,
     },
     /// Connectors: list them, preview a file with one, suggest one from a file's header.
     Connectors {
@@ -224,6 +230,7 @@ async fn run(cmd: Cmd, settings: Settings, json: bool) -> anyhow::Result<u8> {
         Cmd::Dlq { action } => dlq::dlq(&settings, action, json).await,
         Cmd::Sources { action } => sources::sources(&settings, action, json).await,
         Cmd::Connectors { action } => connectors::connectors(&settings, action, json).await,
+        Cmd::Datasets { action } => datasets::datasets(&settings, action, json).await,
         Cmd::Config { .. } | Cmd::Completions { .. } => unreachable!("handled before"),
     }
 }

@@ -22,7 +22,7 @@ pub struct Server {
     /// The process's base URL (default: http://127.0.0.1:<api.port>).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// Bearer token for mutating calls (also ETLQ_TOKEN).
+    /// Bearer token (also ETLQ_TOKEN): needed for every /v1 call once the server has api.tokens.
     #[arg(long, env = "ETLQ_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
@@ -49,11 +49,25 @@ impl Server {
         method: reqwest::Method,
         path: &str,
     ) -> anyhow::Result<Value> {
+        self.call_with(settings, method, path, None).await
+    }
+
+    /// [`Server::call`] with a JSON body.
+    pub async fn call_with(
+        &self,
+        settings: &Settings,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base(settings));
         let mut req = self
             .client()?
             .request(method, &url)
-            .timeout(Duration::from_secs(15));
+            .timeout(Duration::from_secs(120));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

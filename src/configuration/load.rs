@@ -333,7 +333,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.worker.concurrency, 7);
-        assert_eq!(s.api.tokens["deployer"], "0123456789abcdef");
+        assert_eq!(s.api.tokens["deployer"], "0123456789abcdef".into());
         assert_eq!(s.database.url, "postgres://x@127.0.0.1/db");
     }
 

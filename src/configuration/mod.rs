@@ -3,6 +3,7 @@
 //! refuses unknown keys, so a typo is an error naming where it came from, never a silently
 //! ignored setting.
 
+pub mod api;
 pub mod connector;
 mod load;
 pub mod source;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use api::{ApiSettings, ApiToken, TokenRole};
 pub use load::ConfigError;
 
 /// Settings files and environments for unit tests (here and in `startup`).
@@ -167,6 +169,9 @@ pub struct EtlSettings {
     /// Superseded dataset versions (sink documents and run artifacts) are deleted after this.
     pub superseded_retention_hours: u64,
     pub superseded_cleanup_interval_ms: u64,
+    /// Dead and cancelled jobs' outputs, abandoned work directories and unreferenced uploads
+    /// are reclaimed this long after they stopped being of use.
+    pub orphan_grace_ms: u64,
     /// The extract child's address-space limit.
     pub extract_memory_limit_mb: u64,
     /// The extract child's wall-clock limit.
@@ -217,31 +222,6 @@ pub struct DatabaseSettings {
     pub control_acquire_timeout_ms: u64,
     /// How long `serve`, `worker`, `api` and `migrate` wait for PostgreSQL at startup.
     pub startup_wait_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiSettings {
-    pub host: String,
-    pub port: u16,
-    pub max_body_bytes: usize,
-    /// Time for a client to send a request's headers; also how long a kept-alive connection
-    /// may wait idle for its next request.
-    pub header_read_timeout_ms: u64,
-    /// Longest pause between two parts of a request body (an upload sending nothing for this
-    /// long is cut off).
-    pub body_read_timeout_ms: u64,
-    /// Whole-request limit for everything but uploads.
-    pub request_timeout_ms: u64,
-    /// Whole-request limit for uploads.
-    pub upload_timeout_ms: u64,
-    /// Connections served at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    /// After the worker has drained, how long open requests get to finish before the
-    /// process closes their connections.
-    pub shutdown_grace_ms: u64,
-    #[serde(default)]
-    pub tokens: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -352,9 +332,7 @@ impl Settings {
         if !(0.0..1.0).contains(&self.retry.jitter) {
             return bad("retry.jitter must be in [0, 1)");
         }
-        if self.api.tokens.values().any(|t| t.len() < 16) {
-            return bad("api.tokens: every token must be at least 16 characters");
-        }
+        self.api.validate().map_err(ConfigError::Invalid)?;
         if self.api.max_connections == 0 {
             return bad("api.max_connections must be at least 1");
         }
@@ -414,7 +392,7 @@ impl Settings {
             }
         };
         for t in s.api.tokens.values_mut() {
-            mask(t);
+            t.mask();
         }
         mask(&mut s.blob.azure.access_key);
         for src in s.sources.values_mut() {

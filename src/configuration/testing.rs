@@ -15,4 +15,6 @@ pub struct TestingSettings {
     pub source_page_delay_ms: u64,
     /// Blobs per source listing page (0: the release size).
     pub source_page_size: usize,
+    /// A dataset rollback waits this long before it commits, so a test can kill it midway.
+    pub pause_in_rollback_ms: u64,
 }

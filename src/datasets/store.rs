@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use super::{DatasetView, Manifest, Promotion, SupersededVersion};
+use super::{
+    DatasetView, History, Manifest, Promotion, Rollback, SupersededState, SupersededVersion,
+    Superseding,
+};
 use crate::db::{Pools, Tx};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,20 +62,20 @@ impl DatasetStore {
         )
     }
 
-    /// The version currently promoted for (bu_id, connector).
-    pub async fn current_version_in(
+    /// The manifest of (bu_id, connector) as this transaction sees it.
+    pub async fn current_in(
         &self,
         tx: &mut Tx,
         bu_id: &str,
         connector: &str,
-    ) -> Result<Option<i64>, DatasetError> {
-        Ok(sqlx::query_scalar(
-            "SELECT version FROM dataset_manifests WHERE bu_id = $1 AND connector = $2",
+    ) -> Result<Option<Manifest>, DatasetError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM dataset_manifests WHERE bu_id = $1 AND connector = $2")
+                .bind(bu_id)
+                .bind(connector)
+                .fetch_optional(tx.conn())
+                .await?,
         )
-        .bind(bu_id)
-        .bind(connector)
-        .fetch_optional(tx.conn())
-        .await?)
     }
 
     /// Points (bu_id, connector) at `version`.
@@ -103,26 +106,129 @@ impl DatasetStore {
         .await?)
     }
 
-    /// Schedules `version` of (bu_id, connector) for cleanup, replaced by `by`.
-    pub async fn supersede_in(
-        &self,
-        tx: &mut Tx,
-        version: i64,
-        bu_id: &str,
-        connector: &str,
-        by: i64,
-    ) -> Result<(), DatasetError> {
+    /// Schedules `v` for cleanup once its rollback window has passed. A version that was
+    /// superseded before (and rolled back to since) starts a new window.
+    pub async fn supersede_in(&self, tx: &mut Tx, v: &Superseding<'_>) -> Result<(), DatasetError> {
         sqlx::query(
-            "INSERT INTO superseded_versions (version, bu_id, connector, superseded_by)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
+            "INSERT INTO superseded_versions
+                 (version, bu_id, connector, superseded_by, records, checksum)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (version) DO UPDATE
+                SET superseded_by = EXCLUDED.superseded_by, superseded_at = now(),
+                    records = coalesce(EXCLUDED.records, superseded_versions.records),
+                    checksum = coalesce(EXCLUDED.checksum, superseded_versions.checksum)
+              WHERE superseded_versions.deleted_at IS NULL
+                AND superseded_versions.delete_started_at IS NULL",
         )
-        .bind(version)
-        .bind(bu_id)
-        .bind(connector)
-        .bind(by)
+        .bind(v.version)
+        .bind(v.bu_id)
+        .bind(v.connector)
+        .bind(v.by)
+        .bind(v.records)
+        .bind(v.checksum)
         .execute(tx.conn())
         .await?;
         Ok(())
+    }
+
+    /// A superseded version of (bu_id, connector) as a rollback sees it (the database's clock
+    /// decides whether it is still within `retention`).
+    pub async fn superseded_in(
+        &self,
+        tx: &mut Tx,
+        bu_id: &str,
+        connector: &str,
+        version: i64,
+        retention: Duration,
+    ) -> Result<Option<SupersededState>, DatasetError> {
+        Ok(sqlx::query_as(
+            "SELECT version, records, checksum,
+                    deleted_at IS NULL AND delete_started_at IS NULL
+                      AND superseded_at + make_interval(secs => $4) > now() AS restorable
+               FROM superseded_versions
+              WHERE bu_id = $1 AND connector = $2 AND version = $3",
+        )
+        .bind(bu_id)
+        .bind(connector)
+        .bind(version)
+        .bind(retention.as_secs_f64())
+        .fetch_optional(tx.conn())
+        .await?)
+    }
+
+    /// `version` is promoted again: it leaves the superseded list.
+    pub async fn unsupersede_in(&self, tx: &mut Tx, version: i64) -> Result<(), DatasetError> {
+        sqlx::query("DELETE FROM superseded_versions WHERE version = $1")
+            .bind(version)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_rollback_in(&self, tx: &mut Tx, r: &Rollback) -> Result<(), DatasetError> {
+        sqlx::query(
+            "INSERT INTO rollbacks (bu_id, connector, generation, from_version, to_version,
+                                    cache_counter, actor, reason)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&r.bu_id)
+        .bind(&r.connector)
+        .bind(r.generation)
+        .bind(r.from_version)
+        .bind(r.to_version)
+        .bind(r.cache_counter)
+        .bind(&r.actor)
+        .bind(&r.reason)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// A dataset's history: its promotions and rollbacks, newest first, and the versions
+    /// still kept (with when each may no longer be rolled back to).
+    pub async fn history(
+        &self,
+        bu_id: &str,
+        connector: &str,
+        retention: Duration,
+        limit: i64,
+    ) -> Result<History, DatasetError> {
+        let promotions = sqlx::query_as(
+            "SELECT * FROM promotions WHERE bu_id = $1 AND connector = $2
+              ORDER BY job_id DESC LIMIT $3",
+        )
+        .bind(bu_id)
+        .bind(connector)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let rollbacks = sqlx::query_as(
+            "SELECT * FROM rollbacks WHERE bu_id = $1 AND connector = $2
+              ORDER BY generation DESC LIMIT $3",
+        )
+        .bind(bu_id)
+        .bind(connector)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let kept = sqlx::query_as(
+            "SELECT version, superseded_by, superseded_at, records,
+                    superseded_at + make_interval(secs => $3) AS restorable_until
+               FROM superseded_versions
+              WHERE bu_id = $1 AND connector = $2
+                AND deleted_at IS NULL AND delete_started_at IS NULL
+              ORDER BY version DESC",
+        )
+        .bind(bu_id)
+        .bind(connector)
+        .bind(retention.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(History {
+            promotions,
+            rollbacks,
+            kept,
+        })
     }
 
     /// Bumps the cache counter readers poll; returns the new value.
@@ -161,7 +267,8 @@ impl DatasetStore {
         Ok(())
     }
 
-    /// Superseded versions past `retention` that nothing points at any more.
+    /// Superseded versions past `retention` that nothing points at any more, and those a
+    /// cleaner started on and did not finish.
     pub async fn due_superseded(
         &self,
         retention: Duration,
@@ -170,7 +277,8 @@ impl DatasetStore {
         Ok(sqlx::query_as(
             "SELECT s.version, s.bu_id, s.connector FROM superseded_versions s
               WHERE s.deleted_at IS NULL
-                AND s.superseded_at < now() - make_interval(secs => $1)
+                AND (s.delete_started_at IS NOT NULL
+                     OR s.superseded_at < now() - make_interval(secs => $1))
                 AND NOT EXISTS (SELECT 1 FROM dataset_manifests m WHERE m.version = s.version)
               ORDER BY s.superseded_at LIMIT $2",
         )
@@ -180,12 +288,41 @@ impl DatasetStore {
         .await?)
     }
 
+    /// Takes `v` for deletion under the dataset's lock, so a rollback can't point at it while
+    /// its documents go: false when a rollback got there first.
+    pub async fn claim_for_deletion(&self, v: &SupersededVersion) -> Result<bool, DatasetError> {
+        let mut tx = Tx(self.pool.begin().await?);
+        self.lock_in(&mut tx, &v.bu_id, &v.connector).await?;
+        let claimed = sqlx::query(
+            "UPDATE superseded_versions SET delete_started_at = coalesce(delete_started_at, now())
+              WHERE version = $1 AND deleted_at IS NULL
+                AND NOT EXISTS (SELECT 1 FROM dataset_manifests m WHERE m.version = $1)",
+        )
+        .bind(v.version)
+        .execute(tx.conn())
+        .await?
+        .rows_affected()
+            == 1;
+        tx.0.commit().await?;
+        Ok(claimed)
+    }
+
     pub async fn mark_deleted(&self, version: i64) -> Result<(), DatasetError> {
         sqlx::query("UPDATE superseded_versions SET deleted_at = now() WHERE version = $1")
             .bind(version)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The promotion job `job_id` committed, if any.
+    pub async fn promotion(&self, job_id: i64) -> Result<Option<Promotion>, DatasetError> {
+        Ok(
+            sqlx::query_as::<_, Promotion>("SELECT * FROM promotions WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// The promoted version of (bu_id, connector), if any.

@@ -4,12 +4,14 @@
 //! place and awaits them on the way out.
 
 mod job_cleaner;
+mod orphans;
 mod rescuer;
 mod source_runs;
 mod stats_rollup;
 mod superseded;
 
 pub use job_cleaner::{JobCleaner, JobCleanerConfig};
+pub use orphans::{OrphanCleaner, OrphanCleanerConfig, Reclaimed};
 pub use rescuer::{Rescuer, RescuerConfig};
 pub use source_runs::{SourceRunCleaner, SourceRunCleanerConfig};
 pub use stats_rollup::{StatsRollup, StatsRollupConfig};

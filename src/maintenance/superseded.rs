@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::configuration::EtlSettings;
 use crate::datasets::DatasetStore;
 use crate::etl::artifact::run_prefix;
+use crate::metrics::Metrics;
 use crate::sink::{Dataset, DocumentSink};
 use crate::storage::BlobStore;
 
@@ -36,6 +37,7 @@ pub struct SupersededCleaner {
     datasets: DatasetStore,
     sink: Arc<dyn DocumentSink>,
     blobs: BlobStore,
+    metrics: Arc<Metrics>,
     config: SupersededCleanerConfig,
 }
 
@@ -48,12 +50,14 @@ impl SupersededCleaner {
         datasets: DatasetStore,
         sink: Arc<dyn DocumentSink>,
         blobs: BlobStore,
+        metrics: Arc<Metrics>,
         config: SupersededCleanerConfig,
     ) -> Self {
         SupersededCleaner {
             datasets,
             sink,
             blobs,
+            metrics,
             config,
         }
     }
@@ -67,7 +71,17 @@ impl SupersededCleaner {
             .due_superseded(self.config.retention, self.config.batch)
             .await
             .map_err(|e| err(&e))?;
+        let mut done = 0;
         for v in &due {
+            // Under the dataset's lock: a rollback that got there first keeps its version.
+            if !self
+                .datasets
+                .claim_for_deletion(v)
+                .await
+                .map_err(|e| err(&e))?
+            {
+                continue;
+            }
             let ds = Dataset {
                 bu_id: v.bu_id.clone(),
                 connector: v.connector.clone(),
@@ -89,8 +103,12 @@ impl SupersededCleaner {
                 blobs,
                 "deleted superseded dataset version"
             );
+            self.metrics.reclaimed("superseded_versions", 1);
+            self.metrics.reclaimed("documents", docs);
+            self.metrics.reclaimed("blobs", blobs as u64);
+            done += 1;
         }
-        Ok(due.len())
+        Ok(done)
     }
 
     pub async fn run(self, stop: CancellationToken) {

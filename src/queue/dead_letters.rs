@@ -83,8 +83,11 @@ const RETRY_SQL: &str = r#"
             -- Attempt history is kept; an exhausted job gets one more attempt (as River does).
             max_attempts = greatest(j.max_attempts, j.attempts + 1),
             fencing_token = j.fencing_token + 1, updated_at = now(), rescue_streak = 0,
-            checkpoint = CASE WHEN $6 THEN '{}'::jsonb ELSE j.checkpoint END,
-            stage = CASE WHEN $6 THEN NULL ELSE j.stage END
+            -- Outputs the cleaner reclaimed can't be resumed from: those start over.
+            checkpoint = CASE WHEN $6 OR j.outputs_reclaimed_at IS NOT NULL THEN '{}'::jsonb
+                              ELSE j.checkpoint END,
+            stage = CASE WHEN $6 OR j.outputs_reclaimed_at IS NOT NULL THEN NULL ELSE j.stage END,
+            outputs_reclaimed_at = NULL
         WHERE j.id IN (SELECT job_id FROM dl)
         RETURNING j.id, j.stage, j.attempts, j.fencing_token
     ),

@@ -6,6 +6,7 @@ mod dead_letters;
 mod filter;
 mod listen;
 mod reads;
+mod reclaim;
 mod stats;
 mod store;
 mod types;
@@ -43,6 +44,18 @@ impl QueueError {
     /// PostgreSQL could not be reached (as opposed to refusing a statement).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, QueueError::Db(e) if crate::db::is_unavailable(e))
+    }
+
+    /// A statement PostgreSQL refused (not a connection problem): its SQLSTATE, when the
+    /// server gave one, and the server's text. None when PostgreSQL was unreachable.
+    pub fn refusal(&self) -> Option<(Option<String>, String)> {
+        match self {
+            _ if self.is_unavailable() => None,
+            QueueError::Db(sqlx::Error::Database(d)) => {
+                Some((d.code().map(|c| c.to_string()), d.message().to_string()))
+            }
+            other => Some((None, other.to_string())),
+        }
     }
 }
 

@@ -34,7 +34,10 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::OnceCell;
 
-use super::{Dataset, Document, DocumentSink, PublishedManifest, SinkError, Summary};
+use super::{
+    Dataset, DocStream, Document, DocumentSink, PublishedManifest, SinkError, StoredDoc, Summary,
+    merge_by_id,
+};
 use crate::configuration::CosmosSettings;
 use crate::retry::Backoff;
 
@@ -112,6 +115,13 @@ pub fn manifest_id(bu_id: &str, connector: &str) -> String {
 #[derive(Deserialize)]
 struct HashRow {
     hash: String,
+}
+
+#[derive(Deserialize)]
+struct ScanRow {
+    id: String,
+    hash: String,
+    data: Value,
 }
 
 #[derive(Deserialize)]
@@ -418,6 +428,49 @@ impl DocumentSink for CosmosSink {
             total.checksum += i128::from(h);
         }
         Ok(total)
+    }
+
+    /// One `ORDER BY c.id` query per bucket (a single-partition query orders on the
+    /// service), merged by id.
+    fn scan_version(&self, ds: &Dataset) -> DocStream<'_> {
+        let ds = ds.clone();
+        futures_util::stream::once(async move {
+            let c = &self.connected().await?.data;
+            let mut parts: Vec<DocStream<'_>> = Vec::new();
+            for b in 0..self.buckets() {
+                let pk = partition_key(&ds, b);
+                let q = Query::from(
+                    "SELECT c.id, c.hash, c.data FROM c WHERE c.pk = @pk ORDER BY c.id",
+                )
+                .with_parameter("@pk", pk.as_str())
+                .map_err(|e| SinkError::Rejected(e.to_string()))?;
+                let scope = FeedScope::partition(pk.clone());
+                let items = self
+                    .retrying("scanning a version", || {
+                        c.query_items::<ScanRow>(q.clone(), scope.clone(), None)
+                    })
+                    .await?;
+                let failure = |e: CosmosError| self.failure("scanning a version", &e);
+                parts.push(
+                    items
+                        .map(move |r| {
+                            let r = r.map_err(failure)?;
+                            let hash = r.hash.parse().map_err(|e| {
+                                SinkError::Rejected(format!("a document's hash {:?}: {e}", r.hash))
+                            })?;
+                            Ok(StoredDoc {
+                                id: r.id,
+                                hash,
+                                body: r.data.to_string(),
+                            })
+                        })
+                        .boxed(),
+                );
+            }
+            Ok::<_, SinkError>(merge_by_id(parts))
+        })
+        .try_flatten()
+        .boxed()
     }
 
     async fn delete_version(&self, ds: &Dataset) -> Result<u64, SinkError> {

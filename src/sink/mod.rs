@@ -6,6 +6,9 @@ mod postgres;
 
 use std::sync::atomic::AtomicUsize;
 
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+
 pub use cosmos::CosmosSink;
 pub use postgres::PgSink;
 
@@ -26,6 +29,54 @@ pub struct Document {
     /// The record as JSON text, exactly as in the records artifact.
     pub body: String,
     pub hash: i64,
+}
+
+/// A stored document as a scan returns it (for diffs).
+#[derive(Debug, Clone)]
+pub struct StoredDoc {
+    pub id: String,
+    pub hash: i64,
+    /// The record as JSON text (the sink's rendering: key order may differ from the artifact).
+    pub body: String,
+}
+
+/// A version's documents in id order (byte order: ids are hex), pulled page by page.
+pub type DocStream<'a> = BoxStream<'a, Result<StoredDoc, SinkError>>;
+
+/// One id-ordered stream out of several (a version spread over partitions): each step takes
+/// the smallest head, so memory is one document per input, whatever the version's size.
+pub fn merge_by_id(inputs: Vec<DocStream<'_>>) -> DocStream<'_> {
+    struct Merge<'a> {
+        inputs: Vec<DocStream<'a>>,
+        heads: Vec<Option<StoredDoc>>,
+        started: bool,
+    }
+    let state = Merge {
+        heads: inputs.iter().map(|_| None).collect(),
+        inputs,
+        started: false,
+    };
+    futures_util::stream::try_unfold(state, |mut m| async move {
+        if !m.started {
+            for (i, input) in m.inputs.iter_mut().enumerate() {
+                m.heads[i] = input.try_next().await?;
+            }
+            m.started = true;
+        }
+        let Some(i) = (0..m.heads.len())
+            .filter(|i| m.heads[*i].is_some())
+            .min_by(|a, b| {
+                let (x, y) = (m.heads[*a].as_ref(), m.heads[*b].as_ref());
+                x.map(|d| d.id.as_bytes()).cmp(&y.map(|d| d.id.as_bytes()))
+            })
+        else {
+            return Ok(None);
+        };
+        let doc = m.heads[i].take();
+        m.heads[i] = m.inputs[i].try_next().await?;
+        Ok(doc.map(|d| (d, m)))
+    })
+    .boxed()
 }
 
 /// What verify compares: the number of documents and the sum of their content hashes.
@@ -104,6 +155,8 @@ pub trait DocumentSink: Send + Sync + 'static {
         written: &AtomicUsize,
     ) -> Result<(), SinkError>;
     async fn summary(&self, dataset: &Dataset) -> Result<Summary, SinkError>;
+    /// The version's documents in id order, streamed (bounded memory at any size).
+    fn scan_version(&self, dataset: &Dataset) -> DocStream<'_>;
     /// Removes a whole version; returns how many documents went.
     async fn delete_version(&self, dataset: &Dataset) -> Result<u64, SinkError>;
     /// Whether [`DocumentSink::publish`] does anything (so promote skips reading the manifest

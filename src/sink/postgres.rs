@@ -9,12 +9,15 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use futures_util::StreamExt;
 use futures_util::future::try_join_all;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnection;
 use tokio::sync::mpsc;
 
-use super::{Dataset, Document, DocumentSink, SinkError, Summary, VersionItem};
+use super::{
+    Dataset, DocStream, Document, DocumentSink, SinkError, StoredDoc, Summary, VersionItem,
+};
 use crate::db::Pools;
 
 /// COPY binary: signature, flags, header extension length.
@@ -334,6 +337,22 @@ impl DocumentSink for PgSink {
         .await
         .map_err(unavailable)?;
         parse_summary(count, checksum)
+    }
+
+    /// Through the parent table (only an attached partition), on the partition's primary
+    /// key: `doc_id` is `COLLATE "C"`, so the index order is byte order.
+    fn scan_version(&self, ds: &Dataset) -> DocStream<'_> {
+        sqlx::query_as::<_, (String, i64, String)>(
+            "SELECT doc_id, content_hash, body::text FROM sink_documents
+              WHERE dataset_version = $1 ORDER BY doc_id",
+        )
+        .bind(ds.version)
+        .fetch(&self.pool)
+        .map(|r| {
+            r.map(|(id, hash, body)| StoredDoc { id, hash, body })
+                .map_err(unavailable)
+        })
+        .boxed()
     }
 
     async fn delete_version(&self, ds: &Dataset) -> Result<u64, SinkError> {

@@ -1,7 +1,9 @@
 //! The `test` job kind for the queue's own test-suite: stages `first`, `second`, `third`, each
 //! of which sleeps, fails on demand and records that it ran in `test_stage_runs`. Payload:
 //! `{"sleep_ms": 200 | {"second": 3000}, "fail": {"second": {"times": 2, "fatal": false}},
-//!   "ignore_cancel": false, "record": true}` — `times` omitted means every attempt fails.
+//!   "ignore_cancel": false, "record": true, "unstorable": "first"}` — `times` omitted means
+//!   every attempt fails; the `unstorable` stage's output holds a NUL character, which
+//!   PostgreSQL's jsonb refuses (a statement refused for real, not a connection problem).
 
 use std::time::Duration;
 
@@ -72,11 +74,15 @@ async fn test_stage(ctx: StageContext, runs: TestRuns) -> Result<Value, StageErr
             .await
             .map_err(|e| StageError::Retryable(format!("recording the run: {e}")))?;
     }
-    Ok(json!({
+    let mut output = json!({
         "stage": stage,
         "pid": std::process::id(),
         "worker_id": ctx.worker_id.as_ref(),
         "attempt": ctx.attempt,
         "saw": seen,
-    }))
+    });
+    if ctx.payload["unstorable"].as_str() == Some(stage.as_str()) {
+        output["unstorable"] = Value::String("\u{0}".into());
+    }
+    Ok(output)
 }

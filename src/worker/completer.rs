@@ -4,7 +4,7 @@
 //! written the next ones queue up, so under load many jobs share one statement and one commit
 //! (group commit) without any added delay when idle.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,30 @@ use crate::retry::Backoff;
 /// Largest batch written in one statement.
 pub const MAX_BATCH: usize = 1000;
 
-type Request = (Transition, oneshot::Sender<bool>);
+type Request = (Transition, oneshot::Sender<Verdict>);
+
+/// What became of one submitted transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Applied,
+    /// The fencing token moved on: the job was rescued or cancelled meanwhile.
+    Stale,
+    /// PostgreSQL refused the statement (not a connection problem): waiting would not help.
+    /// The text is the server's, for the log; `code` its SQLSTATE.
+    Refused {
+        code: Option<String>,
+        error: String,
+    },
+    /// PostgreSQL stayed unreachable for the outage tolerance, or the drain gave up: the job
+    /// is left to its lease and a rescuer.
+    Abandoned,
+}
+
+impl Verdict {
+    pub fn applied(&self) -> bool {
+        *self == Verdict::Applied
+    }
+}
 
 #[derive(Clone)]
 pub struct Completer {
@@ -27,9 +50,10 @@ pub struct Completer {
 }
 
 impl Completer {
-    /// Spawns the writer on `tasks`. A batch that cannot be written (PostgreSQL unreachable)
-    /// is retried for `give_up` (the worker's outage tolerance), or until `abandon` fires (the
-    /// drain gave up on running stages): then the jobs are left for a rescuer.
+    /// Spawns the writer on `tasks`. A batch that cannot be written because PostgreSQL is
+    /// unreachable is retried for `give_up` (the worker's outage tolerance), or until `abandon`
+    /// fires (the drain gave up on running stages): then the jobs are left for a rescuer. A
+    /// statement PostgreSQL refuses is not retried.
     pub fn spawn(
         tasks: &TaskTracker,
         store: JobStore,
@@ -43,29 +67,38 @@ impl Completer {
         Completer { tx }
     }
 
-    /// Writes `t`; true when it was applied, false when the fencing token was stale (the job was
-    /// rescued or cancelled meanwhile) or PostgreSQL stayed unreachable.
-    pub async fn submit(&self, t: Transition) -> bool {
+    /// Writes `t` and says what became of it.
+    pub async fn submit(&self, t: Transition) -> Verdict {
         let (done, verdict) = oneshot::channel();
         if self.tx.send((t, done)).await.is_err() {
-            return false;
+            return Verdict::Abandoned;
         }
-        verdict.await.unwrap_or(false)
+        verdict.await.unwrap_or(Verdict::Abandoned)
     }
 }
 
 /// Between attempts to write a batch through an outage.
 const WRITE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
 
-/// Writes one batch, retrying through connection errors. Returns the job ids applied.
+/// What a batch's write came to: the job ids applied, refused (with why) and abandoned; the
+/// rest were stale.
+#[derive(Default)]
+struct Written {
+    applied: HashSet<i64>,
+    refused: HashMap<i64, (Option<String>, String)>,
+    abandoned: HashSet<i64>,
+}
+
+/// Writes one batch, retrying through connection errors. A refused batch is written again a
+/// transition at a time, so one bad transition fails alone.
 async fn write(
     store: &JobStore,
     actor: &Actor,
     mut pending: Vec<Transition>,
     give_up: Duration,
     abandon: &CancellationToken,
-) -> HashSet<i64> {
-    let mut applied = HashSet::new();
+) -> Written {
+    let mut out = Written::default();
     let started = tokio::time::Instant::now();
     let mut pauses = WRITE_BACKOFF.delays();
     let mut uncertain = false;
@@ -74,7 +107,7 @@ async fn write(
             // The previous attempt may have committed before the connection broke.
             match store.already_applied(&pending).await {
                 Ok(done) => {
-                    applied.extend(done.iter().copied());
+                    out.applied.extend(done.iter().copied());
                     pending.retain(|t| !done.contains(&t.job_id));
                     uncertain = false;
                 }
@@ -83,25 +116,50 @@ async fn write(
         }
         if !uncertain {
             if pending.is_empty() {
-                return applied;
+                return out;
             }
             match store.apply(actor, &pending).await {
                 Ok(ids) => {
-                    applied.extend(ids);
-                    return applied;
+                    out.applied.extend(ids);
+                    return out;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, batch = pending.len(), "writing transitions failed; retrying");
-                    uncertain = true;
-                }
+                Err(e) => match e.refusal() {
+                    Some(why) if pending.len() == 1 => {
+                        out.refused.insert(pending[0].job_id, why);
+                        return out;
+                    }
+                    Some(_) => {
+                        // Refused statements commit nothing: split the batch and write each
+                        // on its own (a connection lost meanwhile is handled per piece).
+                        for t in std::mem::take(&mut pending) {
+                            let one = Box::pin(write(
+                                store,
+                                actor,
+                                vec![t],
+                                give_up.saturating_sub(started.elapsed()),
+                                abandon,
+                            ))
+                            .await;
+                            out.applied.extend(one.applied);
+                            out.refused.extend(one.refused);
+                            out.abandoned.extend(one.abandoned);
+                        }
+                        return out;
+                    }
+                    None => {
+                        tracing::warn!(error = %e, batch = pending.len(), "PostgreSQL unreachable writing transitions; retrying");
+                        uncertain = true;
+                    }
+                },
             }
         }
         if started.elapsed() >= give_up || abandon.is_cancelled() {
             tracing::error!(
                 batch = pending.len(),
-                "giving up on transitions; their jobs will be rescued"
+                "giving up on transitions (PostgreSQL unreachable); their jobs will be rescued"
             );
-            return applied;
+            out.abandoned.extend(pending.iter().map(|t| t.job_id));
+            return out;
         }
         tokio::select! {
             _ = tokio::time::sleep(pauses.next().expect("endless")) => {}
@@ -120,24 +178,39 @@ async fn run(
 ) {
     let mut batch: Vec<Request> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Transitions are moved into the write, not cloned; (job, token) pairs stay for replies.
+        // Transitions are moved into the write, not cloned; (job, token, event) stay for
+        // replies.
         let (transitions, replies): (Vec<Transition>, Vec<_>) = batch.drain(..).unzip();
-        let keys: Vec<(i64, i64)> = transitions
+        let keys: Vec<(i64, i64, &'static str)> = transitions
             .iter()
-            .map(|t| (t.job_id, t.fencing_token))
+            .map(|t| (t.job_id, t.fencing_token, t.event.name()))
             .collect();
-        let applied = write(&store, &actor, transitions, give_up, &abandon).await;
-        for ((job_id, fencing_token), done) in keys.into_iter().zip(replies) {
-            let ok = applied.contains(&job_id);
-            if !ok {
+        let mut written = write(&store, &actor, transitions, give_up, &abandon).await;
+        for ((job_id, fencing_token, event), done) in keys.into_iter().zip(replies) {
+            let verdict = if written.applied.contains(&job_id) {
+                Verdict::Applied
+            } else if let Some((code, error)) = written.refused.remove(&job_id) {
+                Metrics::inc(&metrics.transitions_refused, 1);
+                tracing::error!(
+                    job_id,
+                    event,
+                    code = code.as_deref().unwrap_or(""),
+                    %error,
+                    "PostgreSQL refused the transition"
+                );
+                Verdict::Refused { code, error }
+            } else if written.abandoned.contains(&job_id) {
+                Verdict::Abandoned
+            } else {
                 Metrics::inc(&metrics.stale_writes_rejected, 1);
                 tracing::warn!(
                     job_id,
                     fencing_token,
                     "write rejected: the job's fencing token has moved on"
                 );
-            }
-            let _ = done.send(ok);
+                Verdict::Stale
+            };
+            let _ = done.send(verdict);
         }
     }
 }

@@ -29,11 +29,7 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
                 _ = status.wait_for(|st| st.mode == Mode::Normal) => continue,
             }
         }
-        let free = s
-            .config
-            .concurrency
-            .saturating_sub(s.lifecycle.status().in_flight);
-        let reserved = s.lifecycle.try_reserve(free.min(batch));
+        let reserved = s.lifecycle.try_reserve(batch, s.config.concurrency);
         if reserved > 0 {
             match s
                 .jobs
@@ -41,7 +37,7 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
                 .await
             {
                 Ok(jobs) => {
-                    s.lifecycle.release(reserved - jobs.len());
+                    s.lifecycle.settle(reserved, jobs.len());
                     backlog = jobs.len() == reserved;
                     Metrics::inc(&s.metrics.jobs_claimed, jobs.len() as u64);
                     if !jobs.is_empty() {
@@ -58,7 +54,7 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
                     }
                 }
                 Err(e) => {
-                    s.lifecycle.release(reserved);
+                    s.lifecycle.settle(reserved, 0);
                     tracing::warn!(error = %e, "claim failed; retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return,

@@ -2,17 +2,24 @@
 //! addressed to it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::fleet::Command;
 
+/// After the in-flight count changes, the row is written this soon (not at the next beat):
+/// the fleet view follows the process within this, and a busy worker writes its row at most
+/// this often.
+pub const IN_FLIGHT_DEBOUNCE: Duration = Duration::from_millis(200);
+
 pub(super) async fn fleet_heartbeat(s: Arc<Shared>, stop: CancellationToken) {
     let mut status = s.lifecycle.subscribe();
     let mut applied_seq: Option<i64> = None;
     loop {
-        match s.fleet.heartbeat(&s.info, s.lifecycle.status()).await {
+        let written = s.lifecycle.status();
+        match s.fleet.heartbeat(&s.info, written).await {
             Ok(cmd) => {
                 let seq = cmd.map(|c| c.1).unwrap_or(0);
                 match (applied_seq, cmd) {
@@ -35,12 +42,18 @@ pub(super) async fn fleet_heartbeat(s: Arc<Shared>, stop: CancellationToken) {
                 tracing::warn!(error = %e, "worker heartbeat failed")
             }
         }
-        let mode = s.lifecycle.mode();
-        tokio::select! {
+        // A mode change is written at once; a changed count after the debounce.
+        let count_changed = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(s.config.heartbeat) => {}
-            _ = s.fleet_wake.notified() => {}
-            _ = status.wait_for(|st| st.mode != mode) => {}
+            _ = tokio::time::sleep(s.config.heartbeat) => false,
+            _ = s.fleet_wake.notified() => false,
+            r = status.wait_for(|st| *st != written) => r.is_ok_and(|st| st.mode == written.mode),
+        };
+        if count_changed {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(IN_FLIGHT_DEBOUNCE) => {}
+            }
         }
     }
 }

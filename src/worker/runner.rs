@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::completer::Verdict;
 use super::{CancelReason, Completer, Held, Shared};
 use crate::lifecycle::Mode;
 use crate::metrics::Metrics;
@@ -71,6 +72,23 @@ async fn run_stages(
         attempt: job.attempts,
         duration_ms,
     };
+    // A failed attempt: retried after the backoff, or dead when it was the last.
+    let failed = |error: String| {
+        if job.attempts >= job.max_attempts {
+            TransitionEvent::Dead {
+                error: format!("{error} (attempt {} of {})", job.attempts, job.max_attempts),
+            }
+        } else {
+            TransitionEvent::RetryScheduled {
+                error,
+                delay_ms: s
+                    .config
+                    .backoff
+                    .delay(job.attempts.max(1) as u32)
+                    .as_millis() as u64,
+            }
+        }
+    };
     let Some(kind) = s.registry.get(&job.kind).cloned() else {
         // Claims only ask for registered kinds; this is a bug, not bad input.
         let t = transition(
@@ -109,6 +127,7 @@ async fn run_stages(
             if completer
                 .submit(transition(event, Some(&stage_name), None))
                 .await
+                .applied()
             {
                 Metrics::inc(&s.metrics.jobs_released, 1);
                 tracing::info!(stage = %stage_name, "released at checkpoint (draining)");
@@ -159,20 +178,31 @@ async fn run_stages(
                     Some(&stage_name),
                     duration_ms,
                 );
-                if !completer.submit(t).await {
-                    tracing::warn!(stage = %stage_name, "checkpoint rejected: the job is no longer ours");
-                    return;
+                match completer.submit(t).await {
+                    Verdict::Applied => {
+                        Metrics::inc(&s.metrics.stages_completed, 1);
+                        if last {
+                            Metrics::inc(&s.metrics.jobs_succeeded, 1);
+                            job_finished(s, job, claimed, "succeeded", None);
+                            return;
+                        }
+                        if let Value::Object(m) = &mut checkpoint {
+                            m.insert(stage_name, output);
+                        }
+                        continue;
+                    }
+                    // The attempt fails with what happened; the worker's log has the server's
+                    // text (a job's error never carries database text).
+                    Verdict::Refused { code, .. } => failed(format!(
+                        "{stage_name}: PostgreSQL refused the stage's checkpoint (SQLSTATE {}; the worker's log has its text)",
+                        code.as_deref().unwrap_or("none")
+                    )),
+                    Verdict::Stale => {
+                        tracing::warn!(stage = %stage_name, "checkpoint rejected: the job is no longer ours");
+                        return;
+                    }
+                    Verdict::Abandoned => return,
                 }
-                Metrics::inc(&s.metrics.stages_completed, 1);
-                if last {
-                    Metrics::inc(&s.metrics.jobs_succeeded, 1);
-                    job_finished(s, job, claimed, "succeeded", None);
-                    return;
-                }
-                if let Value::Object(m) = &mut checkpoint {
-                    m.insert(stage_name, output);
-                }
-                continue;
             }
             Err(StageError::Cancelled) => match *reason.lock().unwrap() {
                 Some(CancelReason::LeaseLost) | Some(CancelReason::JobCancelled) => {
@@ -186,22 +216,7 @@ async fn run_stages(
             Err(StageError::Fatal(error)) => TransitionEvent::Dead {
                 error: format!("{stage_name}: {error}"),
             },
-            Err(StageError::Retryable(error)) if job.attempts >= job.max_attempts => {
-                TransitionEvent::Dead {
-                    error: format!(
-                        "{stage_name}: {error} (attempt {} of {})",
-                        job.attempts, job.max_attempts
-                    ),
-                }
-            }
-            Err(StageError::Retryable(error)) => TransitionEvent::RetryScheduled {
-                error: format!("{stage_name}: {error}"),
-                delay_ms: s
-                    .config
-                    .backoff
-                    .delay(job.attempts.max(1) as u32)
-                    .as_millis() as u64,
-            },
+            Err(StageError::Retryable(error)) => failed(format!("{stage_name}: {error}")),
         };
         let counter = match &event {
             TransitionEvent::Released { .. } => &s.metrics.jobs_released,
@@ -224,6 +239,7 @@ async fn run_stages(
         if completer
             .submit(transition(event, Some(&stage_name), duration_ms))
             .await
+            .applied()
         {
             Metrics::inc(counter, 1);
             if let Some((outcome, error)) = outcome {

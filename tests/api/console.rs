@@ -19,6 +19,8 @@ use etlq::queue::JobState;
 use etlq::startup::Role;
 
 const TOKEN: &str = "console-test-token-0123456789";
+/// A token that may only read.
+const VIEWER: &str = "console-viewer-token-0123456789";
 const XSS_NAME: &str = "<script>alert(1)</script>.xlsx";
 
 async fn console_app() -> TestApp {
@@ -67,6 +69,13 @@ async fn assert_accessible(b: &Browser, page: &str) {
 async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_escapes_names() {
     let app = spawn_app_on(Arc::new(TestDb::new().await), Role::Serve, |s| {
         s.api.tokens.insert("ops".into(), TOKEN.into());
+        s.api.tokens.insert(
+            "viewer".into(),
+            etlq::configuration::ApiToken::with_roles(
+                VIEWER,
+                &[etlq::configuration::TokenRole::Read],
+            ),
+        );
     })
     .await;
     let base = app.url("");
@@ -112,8 +121,14 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
         .unwrap();
     assert_eq!(stale.status(), 404);
 
-    // Overview.
+    // Overview: reads need a token here, so the console asks for one; a read-only token
+    // is enough to see.
     b.goto(&format!("{base}/")).await;
+    b.wait_text("#prompt-why", |t| t.contains("behind an API token"))
+        .await;
+    assert_accessible(&b, "token prompt").await;
+    b.type_into("#prompt-token", VIEWER).await;
+    b.click("#prompt-save").await;
     b.wait_find("#counts").await;
     b.wait_find("svg.chart").await;
     assert_accessible(&b, "overview").await;
@@ -128,7 +143,7 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
     assert_eq!(icon.headers()["content-type"], "image/svg+xml");
     b.shot("overview").await;
 
-    // Upload without a token: refused, and the page says what to do.
+    // Upload with the read-only token: refused, and the page says why.
     let sample = format!("{}/samples/sap_fbl3n.xlsx", env!("CARGO_MANIFEST_DIR"));
     b.goto(&format!("{base}/#/upload")).await;
     b.wait_find("#u-connector option[value=sap_fbl3n]").await;
@@ -141,8 +156,10 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
     b.js("const s = document.getElementById('u-connector'); s.value = 'sap_fbl3n';")
         .await;
     b.click("#u-submit").await;
-    b.wait_text("#upload-said", |t| t.contains("needs an API token"))
-        .await;
+    b.wait_text("#upload-said", |t| {
+        t.contains("does not have the operate role")
+    })
+    .await;
 
     // With the token: a preview first (no job), then the job, followed until it has
     // succeeded.
@@ -216,7 +233,19 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
         .unwrap()
         .unwrap();
     assert_eq!(href, format!("/v1/jobs/{gl_job}/artifacts/rejected.ndjson"));
-    let download = reqwest::get(format!("{base}{href}")).await.unwrap();
+    assert_eq!(
+        reqwest::get(format!("{base}{href}"))
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "a company's rejected rows are not open"
+    );
+    let download = token_client()
+        .get(format!("{base}{href}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(download.status(), 200);
     assert!(
         download.headers()["content-disposition"]
@@ -252,7 +281,7 @@ async fn console_uploads_a_workbook_shows_its_timeline_and_rejected_rows_and_esc
     assert!(b.client.get_alert_text().await.is_err());
 
     // Datasets: the promoted version of the upload, with its job.
-    crate::etl::wait_done(&app.client, &base, xss_job).await;
+    crate::etl::wait_done(&token_client(), &base, xss_job).await;
     b.goto(&format!("{base}/#/datasets")).await;
     let ds = b.wait_find("[data-dataset='BU-1000/sap_fbl3n']").await;
     let text = ds.text().await.unwrap();
@@ -325,7 +354,11 @@ async fn console_drains_and_resumes_by_keyboard_keeps_filters_in_the_url_and_ret
     let me = app.app.as_ref().unwrap().state.identity.id.clone();
     let mut b = Browser::start("fleet_filters_dead_letters").await;
     b.goto(&format!("{base}/")).await;
-    use_token(&b).await;
+    b.wait_find("#token-prompt").await;
+    b.type_into("#prompt-token", TOKEN).await;
+    b.click("#prompt-save").await;
+    b.wait_text("#token-state", |t| t.contains("token set"))
+        .await;
 
     // Drain this process from the overview, by keyboard only.
     let drain = format!("drain-{me}");

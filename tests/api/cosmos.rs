@@ -359,22 +359,7 @@ async fn kill_inside_with_cosmos(stage: &str) {
         "sap_fbl3n",
     )
     .await;
-    wait_for(
-        Duration::from_secs(60),
-        &format!("the worker inside {stage}"),
-        || async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM test_pauses WHERE job_id = $1 AND stage = $2",
-            )
-            .bind(id)
-            .bind(stage)
-            .fetch_one(&db.pool)
-            .await
-            .ok()?;
-            (n == 1).then_some(())
-        },
-    )
-    .await;
+    crate::helpers::wait_paused(&db.pool, id, stage, 1).await;
     a.signal("KILL");
     a.wait_exit(Duration::from_secs(10)).await;
     let reader = Reader::new(&emu, &db.name).await;
@@ -554,4 +539,95 @@ async fn a_refused_key_and_a_missing_container_are_fatal_with_clear_messages() {
             && e.contains("create_if_missing is false"),
         "{e}"
     );
+}
+
+/// Issue 20 on Cosmos DB: the diff streams from the sink (a merge of per-partition scans),
+/// the rollback moves Cosmos DB's manifest and counter forward, the window's end deletes the
+/// replaced version's documents, and a job cancelled inside sync leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_diff_and_cleanup_on_cosmos() {
+    let db = Arc::new(TestDb::new().await);
+    let emu = Emulator::shared();
+    let mut settings = cosmos_settings(&db, &emu);
+    settings.etl.superseded_cleanup_interval_ms = 200;
+    settings.etl.orphan_grace_ms = 500;
+    let paused = {
+        let mut s = settings.clone();
+        // (The suite runs with the test aids; without them this test only has to build.)
+        #[cfg(feature = "test-aids")]
+        {
+            s.testing.pause_stage = "sync".into();
+            s.testing.pause_in_stage_ms = 60_000;
+        }
+        s.etl.sync_batch = 2;
+        s
+    };
+    let app = spawn_app_on(db.clone(), Role::Serve, move |s| *s = settings).await;
+    let base = app.url("");
+    let reader = Reader::new(&emu, &db.name).await;
+    let (v1, v2) = crate::datasets::rollback_and_diff(&app.client, &base, "BU-C").await;
+    let m = reader.manifest("BU-C", "trial_balance").await.unwrap();
+    assert_eq!(m["version"].as_i64(), Some(v1), "{m}");
+    assert_eq!(m["generation"], 3, "{m}");
+    let counter = crate::etl::counter(&db.pool).await;
+    assert_eq!(reader.counter().await, Some(counter));
+    assert_eq!(reader.version("BU-C", "trial_balance", v1).await.len(), 5);
+
+    // The window ends for v2: its documents go.
+    sqlx::query(
+        "UPDATE superseded_versions SET superseded_at = now() - interval '25 hours' WHERE version = $1",
+    )
+    .bind(v2)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "v2's documents deleted",
+        || async {
+            reader
+                .version("BU-C", "trial_balance", v2)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(reader.version("BU-C", "trial_balance", v1).await.len(), 5);
+
+    // A job cancelled inside sync (some documents written): reclaimed after the grace period.
+    // The first app stops first, or its worker (which does not pause) could take the job.
+    app.stop().await;
+    let other = spawn_app_on(db.clone(), Role::Serve, move |s| *s = paused).await;
+    let job = crate::datasets::promote_async(&other.client, &other.url(""), "BU-X").await;
+    wait_for(
+        Duration::from_secs(30),
+        "documents of the paused sync",
+        || async {
+            (!reader
+                .version("BU-X", "trial_balance", job)
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    let (s, b) = other
+        .post(&format!("/v1/jobs/{job}/cancel"), serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    wait_for(
+        Duration::from_secs(30),
+        "the cancelled job's documents reclaimed",
+        || async {
+            reader
+                .version("BU-X", "trial_balance", job)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!db.blob_dir().join(format!("runs/{job}")).exists());
+    other.stop().await;
 }

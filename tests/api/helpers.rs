@@ -390,6 +390,27 @@ where
     }
 }
 
+/// Waits until the stage-pause test aid has recorded `job` inside `stage` at least `times`
+/// times (once a process it paused in).
+pub async fn wait_paused(pool: &sqlx::PgPool, job: i64, stage: &str, times: i64) {
+    wait_for(
+        Duration::from_secs(60),
+        &format!("job {job} paused inside {stage} ({times}x)"),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM test_pauses WHERE job_id = $1 AND stage = $2",
+            )
+            .bind(job)
+            .bind(stage)
+            .fetch_one(pool)
+            .await
+            .ok()?;
+            (n >= times).then_some(())
+        },
+    )
+    .await
+}
+
 /// Waits until job `id` is in `state` (like River's RequireInserted, for states).
 pub async fn require_state(store: &JobStore, id: i64, state: JobState, timeout: Duration) {
     wait_for(timeout, &format!("job {id} to be {state}"), || async {

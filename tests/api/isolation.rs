@@ -336,21 +336,7 @@ async fn a_job_that_kills_its_worker_twice_in_a_stage_is_dead_lettered() {
             None => upload_as(&w.base, gl.bytes.clone(), "gl.xlsx", "BU-P", "sap_fbl3n").await,
         };
         id = Some(job);
-        wait_for(
-            Duration::from_secs(30),
-            &format!("round {round}: the worker inside sync"),
-            || async {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM test_pauses WHERE job_id = $1 AND stage = 'sync'",
-                )
-                .bind(job)
-                .fetch_one(&db.pool)
-                .await
-                .ok()?;
-                (n >= round).then_some(())
-            },
-        )
-        .await;
+        crate::helpers::wait_paused(&db.pool, job, "sync", round).await;
         w.signal("KILL");
         w.wait_exit(Duration::from_secs(10)).await;
     }

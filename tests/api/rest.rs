@@ -141,9 +141,19 @@ async fn mutating_endpoints_require_a_valid_bearer_token_when_configured() {
     assert_eq!(code(&r.json().await.unwrap()), "forbidden");
     let r = c.post(app.url("/v1/lifecycle/drain")).send().await.unwrap();
     assert_eq!(r.status(), 401, "lifecycle changes are protected too");
-    // Reads stay open; a valid token works and is recorded as the actor.
+    // Reads need the token too (records are a company's ledger); a valid token works and is
+    // recorded as the actor, with the role it used.
     assert_eq!(
         c.get(app.url("/v1/lifecycle"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(app.url("/v1/lifecycle"))
+            .bearer_auth(token)
             .send()
             .await
             .unwrap()

@@ -300,6 +300,8 @@ fn background_tasks_are_started_in_one_place() {
         "api/server.rs",
         // A blocking file move, awaited where it is started.
         "storage.rs",
+        // The work-dir sweep (blocking directory reads), awaited where it is started.
+        "maintenance/orphans.rs",
         // A stage's progress reporter: stopped by a drop guard when its stage ends.
         "etl/stages/mod.rs",
         // Threads that supervise a child process (or a command), joined before returning.
@@ -633,6 +635,17 @@ fn every_route_is_in_the_openapi_document() {
     assert!(routes.len() >= 40, "routes found: {}", routes.len());
     let wrong = route_mismatches(&routes, &documented);
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // And every route has its access rule (the auth layer refuses a route without one, and
+    // the role matrix test calls every rule): both directions again.
+    let ruled: Vec<(String, String)> = etlq::api::access::ROUTES
+        .iter()
+        .map(|(m, p, _)| (p.to_string(), m.to_lowercase()))
+        .collect();
+    let unruled = route_mismatches(&routes, &ruled);
+    assert!(
+        unruled.is_empty(),
+        "api::access::ROUTES and the routers differ: {unruled:#?}"
+    );
     // The rule itself: a multi-line route and a chained method are read; a route missing
     // from the document and a documented operation no router has are both reported.
     let probe = routes_in(

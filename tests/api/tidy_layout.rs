@@ -171,6 +171,7 @@ const TABLE_OWNERS: &[(&str, &[&str])] = &[
             "promotions",
             "superseded_versions",
             "cache_manifest",
+            "rollbacks",
         ],
     ),
     ("audit.rs", &["audit_log"]),

@@ -18,6 +18,7 @@ use crate::etl::artifact::{self, RECORDS, REJECTED, REPORT};
 use crate::etl::child::{self, ChildJob, ChildOutcome};
 use crate::etl::isolate::IsolateError;
 use crate::etl::mapping::Report;
+use crate::etl::work_dir::WorkDir;
 use crate::pipeline::{Stage, StageContext, StageError};
 
 /// Rejected rows quoted in the report, so it alone tells an operator what went wrong.
@@ -49,15 +50,6 @@ impl Stage for Extract {
     }
 }
 
-/// A work directory removed when dropped, whatever happens.
-struct WorkDir(std::path::PathBuf);
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `source` plus the original extension when it is a plain one (`source.xlsx`).
 pub fn source_name(original: &str) -> String {
     let ext = std::path::Path::new(original)
@@ -74,16 +66,16 @@ async fn extract(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
     let p = payload(ctx)?;
     let connector = etl.connector(&p.connector).map_err(StageError::Fatal)?;
     let _slot = etl.limits.extract(ctx).await?;
-    let work = WorkDir(etl.work_dir.join(format!(
-        "extract-{}-{}",
-        ctx.job_id,
-        uuid::Uuid::new_v4().simple()
-    )));
-    std::fs::create_dir_all(&work.0).map_err(|e| {
+    let work = WorkDir::create(
+        &etl.work_dir,
+        "extract-",
+        &format!("{}-{}", ctx.job_id, uuid::Uuid::new_v4().simple()),
+    )
+    .map_err(|e| {
         StageError::Retryable(format!("creating the work directory (etl.work_dir): {e}"))
     })?;
     // The file keeps its extension: a command extractor may go by it.
-    let source = work.0.join(source_name(
+    let source = work.path().join(source_name(
         p.file_name.as_deref().unwrap_or(p.source_blob.as_str()),
     ));
     etl.blobs
@@ -98,7 +90,7 @@ async fn extract(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
         connector: connector.spec.clone(),
         bu_id: p.bu_id.to_string(),
         source,
-        out_dir: work.0.clone(),
+        out_dir: work.path().to_path_buf(),
         max_inflated_bytes: etl.settings.max_inflated_bytes,
         preview: false,
     };
@@ -136,13 +128,14 @@ async fn extract(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
     .map(|(k, f)| (k.to_string(), format!("{prefix}/{f}")))
     .collect();
     etl.blobs
-        .put_file(&keys["records"], &work.0.join(child::RECORDS_FILE))
+        .put_file(&keys["records"], &work.path().join(child::RECORDS_FILE))
         .await
         .map_err(|e| blob_error("writing artifacts", e))?;
     etl.faults.pause(ctx).await?;
-    let sample = child::read_rejected_sample(&work.0.join(child::REJECTED_FILE), REJECTED_SAMPLE);
+    let sample =
+        child::read_rejected_sample(&work.path().join(child::REJECTED_FILE), REJECTED_SAMPLE);
     etl.blobs
-        .put_file(&keys["rejected"], &work.0.join(child::REJECTED_FILE))
+        .put_file(&keys["rejected"], &work.path().join(child::REJECTED_FILE))
         .await
         .map_err(|e| blob_error("writing artifacts", e))?;
     let output = ExtractOutput {

@@ -3,7 +3,7 @@
 //! this process's memory.
 
 pub(crate) mod extract;
-mod promote;
+pub(crate) mod promote;
 mod sync;
 mod verify;
 

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::{blob_error, extract_output, payload};
-use crate::datasets::Promotion;
+use crate::datasets::{Promotion, Superseding};
 use crate::etl::EtlContext;
 use crate::etl::artifact::{self, MANIFEST};
 use crate::pipeline::{Stage, StageContext, StageError};
@@ -64,16 +64,25 @@ async fn promote(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
         publish(etl, bu_id, connector).await?;
         return Ok(output(&done, true));
     }
-    let current = etl
+    let manifest = etl
         .datasets
-        .current_version_in(&mut tx, bu_id, connector)
+        .current_in(&mut tx, bu_id, connector)
         .await
         .map_err(db)?;
+    let current = manifest.as_ref().map(|m| m.version);
 
     let (outcome, counter) = match current {
         Some(newer) if newer > ctx.job_id => {
+            let stale = Superseding {
+                version: ctx.job_id,
+                bu_id,
+                connector,
+                by: newer,
+                records: Some(ex.records as i64),
+                checksum: Some(&ex.checksum),
+            };
             etl.datasets
-                .supersede_in(&mut tx, ctx.job_id, bu_id, connector, newer)
+                .supersede_in(&mut tx, &stale)
                 .await
                 .map_err(db)?;
             ("stale", etl.datasets.counter_in(&mut tx).await.map_err(db)?)
@@ -87,7 +96,7 @@ async fn promote(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
                     .await
                     .map_err(|e| blob_error("copying artifacts to latest", e))?;
             }
-            let manifest = json!({
+            let latest_doc = json!({
                 "bu_id": bu_id, "connector": connector, "version": ctx.job_id,
                 "records": ex.records, "checksum": ex.checksum, "previous_version": current,
                 "promoted_at": chrono::Utc::now(),
@@ -95,7 +104,7 @@ async fn promote(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
             etl.blobs
                 .put(
                     &format!("{latest}/{MANIFEST}"),
-                    serde_json::to_vec_pretty(&manifest).expect("serialise"),
+                    serde_json::to_vec_pretty(&latest_doc).expect("serialise"),
                 )
                 .await
                 .map_err(|e| blob_error("writing the latest manifest", e))?;
@@ -111,9 +120,17 @@ async fn promote(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
                 )
                 .await
                 .map_err(db)?;
-            if let Some(prev) = current.filter(|v| *v != ctx.job_id) {
+            if let Some(prev) = manifest.as_ref().filter(|m| m.version != ctx.job_id) {
+                let replaced = Superseding {
+                    version: prev.version,
+                    bu_id,
+                    connector,
+                    by: ctx.job_id,
+                    records: Some(prev.records),
+                    checksum: Some(&prev.checksum),
+                };
                 etl.datasets
-                    .supersede_in(&mut tx, prev, bu_id, connector, ctx.job_id)
+                    .supersede_in(&mut tx, &replaced)
                     .await
                     .map_err(db)?;
             }
@@ -146,7 +163,11 @@ async fn promote(etl: &EtlContext, ctx: &StageContext) -> Result<Value, StageErr
 /// newer one) to a sink whose readers look there. Forward-only and idempotent, so re-runs and
 /// late, older jobs are harmless. A failure leaves the job to retry; PostgreSQL already has
 /// the promotion, and the re-run finds it committed and publishes again.
-async fn publish(etl: &EtlContext, bu_id: &str, connector: &str) -> Result<(), StageError> {
+pub(crate) async fn publish(
+    etl: &EtlContext,
+    bu_id: &str,
+    connector: &str,
+) -> Result<(), StageError> {
     if !etl.sink.mirrors_promotions() {
         return Ok(());
     }

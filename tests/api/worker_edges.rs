@@ -1,0 +1,175 @@
+//! The worker at the edges an outside review found (issue 18): the concurrency cap under
+//! several claim loops, a statement PostgreSQL refuses, and the fleet row following the
+//! process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use etlq::queue::{JobState, NewJob};
+use etlq::startup::Role;
+
+use crate::helpers::*;
+
+const T: Duration = Duration::from_secs(60);
+
+/// The most stage runs of `stage` that overlapped in time, from the test kind's own record of
+/// when each began and ended.
+async fn peak_overlap(pool: &sqlx::PgPool, stage: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(max(running), 0)::bigint FROM (
+           SELECT sum(d) OVER (ORDER BY at, d ROWS UNBOUNDED PRECEDING) AS running FROM (
+             SELECT started_at AS at, 1 AS d FROM test_stage_runs WHERE stage = $1
+             UNION ALL
+             SELECT finished_at, -1 FROM test_stage_runs WHERE stage = $1) e) r",
+    )
+    .bind(stage)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn metric(app: &TestApp, name: &str) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_claim_loops_never_run_more_jobs_than_the_cap() {
+    let db = Arc::new(TestDb::new().await);
+    // All queued before the worker starts: every claim loop finds a backlog at once.
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|_| NewJob::new("test", json!({"sleep_ms": {"first": 150}})))
+        .collect();
+    let ids: Vec<i64> = db
+        .store()
+        .enqueue_many(&jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job_id)
+        .collect();
+    let app = spawn_app_on(db.clone(), Role::Serve, |s| {
+        s.worker.concurrency = 4;
+        s.worker.fetchers = 4;
+        s.worker.fetch_batch = 4;
+    })
+    .await;
+    let store = app.store();
+    for id in ids {
+        require_state(&store, id, JobState::Succeeded, T).await;
+    }
+    assert_eq!(
+        peak_overlap(&db.pool, "first").await,
+        4,
+        "the cap was reached and never passed"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_statement_postgres_refuses_fails_its_job_at_once_and_the_worker_goes_on() {
+    let app = spawn_app().await;
+    let store = app.store();
+    // One batch: the refused checkpoint shares the completer's statement with good ones.
+    let mut bad = NewJob::new("test", json!({"unstorable": "second"}));
+    bad.max_attempts = Some(1);
+    let mut jobs = vec![bad];
+    jobs.extend((0..8).map(|_| NewJob::new("test", json!({}))));
+    let ids: Vec<i64> = store
+        .enqueue_many(&jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.job_id)
+        .collect();
+    // Well inside the outage tolerance (300 s): a refusal is not waited on.
+    let quick = Duration::from_secs(20);
+    require_state(&store, ids[0], JobState::Dead, quick).await;
+    for &id in &ids[1..] {
+        require_state(&store, id, JobState::Succeeded, quick).await;
+    }
+    let dead = store.get(ids[0]).await.unwrap();
+    let error = dead.last_error.unwrap_or_default();
+    assert!(
+        error.starts_with("second: PostgreSQL refused the stage's checkpoint (SQLSTATE 22P05"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("Unicode"),
+        "no database text in a job: {error}"
+    );
+    assert!(dead.checkpoint.get("first").is_some());
+    assert!(dead.checkpoint.get("second").is_none());
+    assert_eq!(metric(&app, "etlq_transitions_refused_total").await, 1);
+    assert_eq!(metric(&app, "etlq_stale_writes_rejected_total").await, 0);
+    // And the worker goes on.
+    let next = app.enqueue("test", json!({})).await;
+    require_state(&store, next, JobState::Succeeded, quick).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_fleet_row_follows_the_in_flight_count_between_beats() {
+    let db = Arc::new(TestDb::new().await);
+    // Beats far apart: what the row shows in between comes from changes, not beats.
+    let app = spawn_app_on(db.clone(), Role::Serve, |s| {
+        s.worker.heartbeat_ms = 60_000;
+        s.worker.worker_ttl_ms = 600_000;
+        s.worker.concurrency = 50;
+    })
+    .await;
+    let id = app.app.as_ref().unwrap().state.identity.id.clone();
+    let row = || {
+        let pool = db.pool.clone();
+        let id = id.clone();
+        async move {
+            sqlx::query_scalar::<_, i32>("SELECT in_flight FROM workers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let jobs: Vec<NewJob> = (0..1000)
+        .map(|_| NewJob::new("test", json!({"record": false, "sleep_ms": {"first": 20}})))
+        .collect();
+    app.store().enqueue_many(&jobs).await.unwrap();
+    let busiest = std::sync::atomic::AtomicI32::new(0);
+    wait_for(T, "the 1,000 jobs to finish", || async {
+        let shown = row().await.unwrap_or(0);
+        assert!(shown <= 50, "the row shows {shown} in flight, over the cap");
+        busiest.fetch_max(shown, std::sync::atomic::Ordering::Relaxed);
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state <> 'succeeded'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(
+        busiest.into_inner() > 0,
+        "the row showed the work while it ran"
+    );
+    assert_eq!(app.lifecycle().status().in_flight, 0);
+    // Within the debounce and a write, not at the next beat a minute away.
+    wait_for(
+        Duration::from_secs(2),
+        "the row to show the idle worker",
+        || async { (row().await == Some(0)).then_some(()) },
+    )
+    .await;
+    app.stop().await;
+}
