@@ -25,7 +25,7 @@
 //! - a 1,000,000-record JSON document (an extractor's output) mapped through the records
 //!   reader: time and peak RSS (bounded: streamed, one record at a time).
 //!
-//! Run with `scripts/bench-etl`.
+//! Run with `scripts/bench-etl` (`scripts/bench-etl --diff-only`: the 1M diff alone).
 
 mod common;
 #[path = "../examples/samples/mod.rs"]
@@ -390,6 +390,19 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--json-once") {
         extract_text_once(Path::new(&args[i + 1]), true);
+        return;
+    }
+    // `--diff-only`: the diff of two 1M-record versions alone.
+    if args.iter().any(|a| a == "--diff-only") {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/etlq");
+        let server_url = std::env::var("BENCH_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let (a, b) = (
+            samples::gl_export(1_000_000, 0),
+            samples::gl_export(1_000_000, 1_000),
+        );
+        diff_1m(&bin, &server_url, dir.path(), &a.bytes, &b.bytes);
         return;
     }
     let runs: usize = std::env::var("ETLQ_BENCH_RUNS")
