@@ -325,11 +325,21 @@ impl JobStore {
         let jobs = sqlx::query_as::<_, ClaimedJob>(
             r#"
             WITH picked AS (
-                SELECT id, state AS prev_state, run_at AS due_at FROM jobs
-                WHERE state IN ('queued', 'retrying') AND run_at <= now() AND kind = ANY($5)
-                ORDER BY priority, run_at, id
+                -- Each kind's due jobs in order from its own part of jobs_claim_idx, then the
+                -- best of them: queued jobs of kinds this process does not run are never read.
+                -- Rows locked here and cut by the outer LIMIT are free again at commit.
+                SELECT p.id, p.prev_state, p.due_at,
+                       row_number() OVER (ORDER BY p.priority, p.due_at, p.id) AS ord
+                FROM unnest($5::text[]) AS k(kind)
+                CROSS JOIN LATERAL (
+                    SELECT id, state AS prev_state, run_at AS due_at, priority FROM jobs
+                    WHERE kind = k.kind AND state IN ('queued', 'retrying') AND run_at <= now()
+                    ORDER BY priority, run_at, id
+                    LIMIT $1
+                    FOR UPDATE SKIP LOCKED
+                ) p
+                ORDER BY p.priority, p.due_at, p.id
                 LIMIT $1
-                FOR UPDATE SKIP LOCKED
             ),
             claimed AS (
                 UPDATE jobs j
@@ -342,7 +352,7 @@ impl JobStore {
                 -- against a scan of the whole table, which grows with history.
                 WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT id FROM picked))
                 RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempts, j.max_attempts,
-                          j.fencing_token, j.stage, picked.prev_state,
+                          j.fencing_token, j.stage, picked.prev_state, picked.ord,
                           extract(epoch FROM now() - picked.due_at)::float8 AS waited_s
             ),
             ev AS (
@@ -352,7 +362,7 @@ impl JobStore {
                 FROM claimed
             )
             SELECT id, kind, payload, checkpoint, attempts, max_attempts, fencing_token, waited_s
-            FROM claimed
+            FROM claimed ORDER BY ord
             "#,
         )
         .bind(limit as i64)

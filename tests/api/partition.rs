@@ -198,13 +198,14 @@ async fn a_worker_cut_off_past_its_lease_is_rescued_fenced_and_rejoins() {
     .await;
     let rescued = events(&db.pool, job, "rescued").await[0];
     // Lease 1.5 s, rescue interval 0.2 s (process_env): not before the lease ran out, and
-    // within lease + rescue interval of the cut (with a second for the statement itself).
+    // within the rescue interval of its end (with two seconds for a loaded test machine to
+    // schedule the rescuer and run its statement).
     assert!(
         rescued >= expires,
         "rescued at {rescued}, lease until {expires}"
     );
     assert!(
-        rescued <= expires + chrono::Duration::milliseconds(200 + 1000),
+        rescued <= expires + chrono::Duration::milliseconds(200 + 2000),
         "rescued at {rescued}, lease until {expires}"
     );
     require_state(&db.store(), job, JobState::Succeeded, T).await;

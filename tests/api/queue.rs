@@ -693,3 +693,87 @@ async fn a_saturated_main_pool_never_costs_a_live_worker_its_jobs() {
     assert_eq!(ran_in, ["busy"]);
     api.stop().await;
 }
+
+/// One kind's candidate scan as `JobStore::claim` words it, explained.
+async fn claim_plan(pool: &sqlx::PgPool) -> String {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT id FROM jobs
+          WHERE kind = 'noop' AND state IN ('queued', 'retrying') AND run_at <= now()
+          ORDER BY priority, run_at, id LIMIT 50 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.join("\n")
+}
+
+#[tokio::test]
+async fn a_claim_walks_its_index_even_when_statistics_are_stale() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    // Statistics taken while the table was empty, then a backlog arrives at once (what made
+    // the old claim sort a million rows until autovacuum's analyze came round). Autovacuum is
+    // kept off these tables so the statistics stay stale.
+    for sql in [
+        "ALTER TABLE jobs SET (autovacuum_enabled = false)",
+        "ALTER TABLE job_events SET (autovacuum_enabled = false)",
+        "ANALYZE jobs, job_events",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
+    let chunk: Vec<NewJob> = (0..10_000)
+        .map(|_| NewJob::new("noop", serde_json::Value::Null))
+        .collect();
+    for _ in 0..6 {
+        store.enqueue_many(&chunk).await.unwrap();
+    }
+    let plan = claim_plan(&db.pool).await;
+    assert!(
+        plan.contains("Index Scan using jobs_claim_idx") && !plan.contains("Sort"),
+        "the claim walks its index: {plan}"
+    );
+}
+
+/// Index entries read through `jobs_claim_idx` so far, as PostgreSQL's statistics count them.
+async fn claim_index_reads(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'jobs_claim_idx'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_never_reads_the_queued_jobs_of_kinds_it_does_not_run() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    // Another deployment's backlog, queued first (so it comes first in due order), then ours.
+    let parked: Vec<NewJob> = (0..20_000)
+        .map(|_| NewJob::new("parked", serde_json::Value::Null))
+        .collect();
+    store.enqueue_many(&parked).await.unwrap();
+    let ours: Vec<NewJob> = (0..10)
+        .map(|_| NewJob::new("noop", serde_json::Value::Null))
+        .collect();
+    store.enqueue_many(&ours).await.unwrap();
+    sqlx::query("ANALYZE jobs").execute(&db.pool).await.unwrap();
+    let before = claim_index_reads(&db.pool).await;
+    let actor = Actor::new("w", "v1");
+    let claimed = store
+        .claim(&actor, &["noop".to_string()], 5, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 5);
+    // A backend's counts reach the statistics within a second of its statement, all at once.
+    let read = wait_for(
+        Duration::from_secs(5),
+        "the claim's index reads",
+        || async {
+            let n = claim_index_reads(&db.pool).await - before;
+            (n > 0).then_some(n)
+        },
+    )
+    .await;
+    assert!(read <= 20, "the claim read {read} index entries for 5 jobs");
+}

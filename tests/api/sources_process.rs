@@ -81,29 +81,46 @@ async fn a_rolling_deploy_and_a_kill_9_mid_listing_lose_and_duplicate_no_file() 
         })
     };
 
-    // One kill -9 while a process holds a listing that has recorded at least one page.
-    let killed = wait_for(Duration::from_secs(60), "a listing in progress", || async {
-        let owner: Option<String> = sqlx::query_scalar(
-            "SELECT s.lease_owner FROM source_schedules s
-               JOIN source_runs r ON r.source = s.source AND r.finished_at IS NULL
-                                 AND r.worker_id = s.lease_owner
-              WHERE s.source = 'flood' AND s.lease_until > now()
-                AND EXISTS (SELECT 1 FROM ingest_ledger l WHERE l.run_id = r.id)",
-        )
-        .fetch_optional(&db.pool)
-        .await
-        .ok()
-        .flatten();
-        owner
-    })
-    .await;
-    let mut victim = None;
-    for (i, p) in procs.iter().enumerate() {
-        if worker_id(p).await == killed {
-            victim = Some(i);
+    // One kill -9 while a process holds a listing that has recorded at least one page. The
+    // owner is frozen first and the listing checked still open, so the kill cannot land just
+    // after the listing finished (it then goes on and another listing is waited for).
+    let (killed, victim) = loop {
+        let killed = wait_for(Duration::from_secs(60), "a listing in progress", || async {
+            let owner: Option<String> = sqlx::query_scalar(
+                "SELECT s.lease_owner FROM source_schedules s
+                   JOIN source_runs r ON r.source = s.source AND r.finished_at IS NULL
+                                     AND r.worker_id = s.lease_owner
+                  WHERE s.source = 'flood' AND s.lease_until > now()
+                    AND EXISTS (SELECT 1 FROM ingest_ledger l WHERE l.run_id = r.id)",
+            )
+            .fetch_optional(&db.pool)
+            .await
+            .ok()
+            .flatten();
+            owner
+        })
+        .await;
+        let mut victim = None;
+        for (i, p) in procs.iter().enumerate() {
+            if worker_id(p).await == killed {
+                victim = Some(i);
+            }
         }
-    }
-    let victim = victim.expect("the lease owner is one of ours");
+        let victim = victim.expect("the lease owner is one of ours");
+        procs[victim].signal("STOP");
+        let open: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM source_runs
+                             WHERE source = 'flood' AND worker_id = $1 AND finished_at IS NULL)",
+        )
+        .bind(&killed)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if open {
+            break (killed, victim);
+        }
+        procs[victim].signal("CONT");
+    };
     procs[victim].signal("KILL");
     procs[victim].wait_exit(Duration::from_secs(10)).await;
     procs[victim] = spawn_process("worker", &env(&db, "v1"));
