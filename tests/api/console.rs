@@ -3,7 +3,8 @@
 //! token-less action refused, filters kept in the URL across a reload, bulk cancel with a
 //! count confirmation, a dead letter retried from its page, and the process drained and
 //! resumed from the overview by keyboard, a running stage's progress bar and Cancel on the
-//! job's page. Screenshots: target/tmp/console-screenshots/.
+//! job's page; a dataset's changes and a rollback behind its confirmation. Screenshots:
+//! target/tmp/console-screenshots/.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -513,4 +514,62 @@ async fn a_browser_is_stopped_even_when_its_test_panics() {
         async move { (!pids.iter().any(alive)).then_some(()) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_what_changed_and_rolls_a_dataset_back_after_a_confirmation() {
+    let db = Arc::new(TestDb::new().await);
+    let app = spawn_app_on(db.clone(), Role::Serve, |s| {
+        s.api.tokens.insert("ops".into(), TOKEN.into());
+    })
+    .await;
+    let base = app.url("");
+    let client = token_client();
+    let v1 = crate::datasets::promote(&client, &base, "BU-W", crate::datasets::V1).await;
+    let v2 = crate::datasets::promote(&client, &base, "BU-W", crate::datasets::V2).await;
+    let mut b = Browser::start("datasets").await;
+    b.goto(&format!("{base}/#/datasets")).await;
+    b.wait_find("#token-prompt").await;
+    b.type_into("#prompt-token", TOKEN).await;
+    b.click("#prompt-save").await;
+
+    // The promotion of v2 links to what it changed.
+    b.wait_find(&format!("a[data-diff='{v1}-{v2}']")).await;
+    b.shot("datasets").await;
+    b.click(&format!("a[data-diff='{v1}-{v2}']")).await;
+    b.wait_text("#diff-counts", |t| {
+        t == "1 added, 1 removed, 1 changed, 3 unchanged"
+    })
+    .await;
+    b.shot("diff").await;
+
+    // Roll back to v1: nothing happens until the confirmation.
+    b.goto(&format!("{base}/#/datasets")).await;
+    b.wait_find(&format!("button[data-rollback='{v1}']")).await;
+    b.click(&format!("button[data-rollback='{v1}']")).await;
+    b.wait_find("#rollback-yes").await;
+    let version = || async {
+        sqlx::query_scalar::<_, i64>("SELECT version FROM dataset_manifests WHERE bu_id = 'BU-W'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(version().await, v2, "not before the confirmation");
+    b.type_into("#rollback-reason", "bad month-end export")
+        .await;
+    b.click("#rollback-yes").await;
+    wait_for(Duration::from_secs(10), "the rollback", || async {
+        (version().await == v1).then_some(())
+    })
+    .await;
+    let (reason, actor): (String, String) =
+        sqlx::query_as("SELECT reason, actor FROM rollbacks WHERE bu_id = 'BU-W'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(reason, "bad month-end export");
+    assert_eq!(actor, "ops", "the token that confirmed it");
+    b.shot("rolled-back").await;
+    b.close().await;
+    app.stop().await;
 }
