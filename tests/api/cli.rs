@@ -571,3 +571,75 @@ async fn connectors_suggest_then_preview_from_the_command_line() {
     assert_eq!(jobs, 0, "previews create no job");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_list_show_diff_and_rollback_over_rest_with_a_token() {
+    const TOKEN: &str = "cli-datasets-token-0123456789";
+    let db = std::sync::Arc::new(TestDb::new().await);
+    let app = spawn_app_on(db.clone(), etlq::startup::Role::Serve, |s| {
+        s.api.tokens.insert("ops".into(), TOKEN.into());
+    })
+    .await;
+    let base = app.url("");
+    let client = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    let v1 = crate::datasets::promote(&client, &base, "BU-Q", crate::datasets::V1).await;
+    let v2 = crate::datasets::promote(&client, &base, "BU-Q", crate::datasets::V2).await;
+    let run = |args: &[&str], token: Option<&str>| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--url", &base]);
+        let extra: Vec<(&str, &str)> = token.map(|t| ("ETLQ_TOKEN", t)).into_iter().collect();
+        etlq_env(&db.url, &extra, &all)
+    };
+
+    let (code, _, err) = run(&["datasets", "list"], None);
+    assert_ne!(code, 0, "reads need the token");
+    assert!(err.contains("401"), "{err}");
+    let (code, out, err) = run(&["datasets", "list"], Some(TOKEN));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("BU-Q") && out.contains(&v2.to_string()),
+        "{out}"
+    );
+    let (code, out, err) = run(&["datasets", "diff", "BU-Q", "trial_balance"], Some(TOKEN));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "{v1} → {v2}: 1 added, 1 removed, 1 changed, 3 unchanged"
+        )),
+        "{out}"
+    );
+    let to = v1.to_string();
+    let rollback = [
+        "datasets",
+        "rollback",
+        "BU-Q",
+        "trial_balance",
+        "--to",
+        &to,
+        "--reason",
+        "wrong month",
+    ];
+    let (code, out, err) = run(&rollback, Some(TOKEN));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("version {v2} → {v1}")), "{out}");
+    let (code, out, _) = run(&rollback, Some(TOKEN));
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing changed"), "{out}");
+    let (code, out, err) = run(&["datasets", "show", "BU-Q", "trial_balance"], Some(TOKEN));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rollbacks:") && out.contains("wrong month"),
+        "{out}"
+    );
+    app.stop().await;
+}
