@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::{median, percentile};
+
 use futures_util::FutureExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -80,16 +82,6 @@ async fn truncate(pool: &PgPool) {
         .execute(pool)
         .await
         .unwrap();
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 #[tokio::main]
@@ -192,7 +184,6 @@ async fn main() {
     }
     stop.cancel();
     handle.await.unwrap();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     println!();
     println!("| measurement ({jobs} no-op jobs, median of {runs}) | etlq |");
@@ -207,13 +198,12 @@ async fn main() {
     );
     println!(
         "| pickup latency enqueue → stage start, p50 / p99 ({samples} samples) | {:.2} / {:.2} ms |",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99)
     );
     println!("| WAL per processed job | {:.0} B |", median(wal_per_job));
-    enq.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "(of the pickup latency, the enqueue call itself took p50 {:.2} ms)",
-        percentile(&enq, 0.5)
+        percentile(&mut enq, 0.5)
     );
 }

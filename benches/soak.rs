@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use common::start_server;
+use common::{percentile, start_server};
 use etlq::db::Pools;
 use etlq::queue::{Actor, JobStore, NewJob, Transition, TransitionEvent};
 
@@ -29,14 +29,6 @@ fn arg(name: &str, default: usize) -> usize {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn rss_mb(pid: u32) -> f64 {

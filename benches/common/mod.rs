@@ -56,6 +56,15 @@ pub async fn drop_db(server: &str, name: &str) {
     .unwrap();
 }
 
+/// The `p` quantile of `v` (nearest rank; NaN when empty); sorts `v`.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]

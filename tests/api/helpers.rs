@@ -390,6 +390,14 @@ where
     }
 }
 
+/// The value of an unlabelled series `name` in a Prometheus text scrape.
+pub fn metric_value(scrape: &str, name: &str) -> Option<u64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Waits until the stage-pause test aid has recorded `job` inside `stage` at least `times`
 /// times (once a process it paused in).
 pub async fn wait_paused(pool: &sqlx::PgPool, job: i64, stage: &str, times: i64) {

@@ -222,12 +222,7 @@ async fn a_worker_cut_off_past_its_lease_is_rescued_fenced_and_rejoins() {
         .text()
         .await
         .unwrap();
-    let counter = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let counter = |name: &str| metric_value(&text, name).unwrap_or(0);
     assert!(
         counter("etlq_stale_writes_rejected_total") + counter("etlq_leases_lost_total") > 0,
         "{text}"

@@ -135,12 +135,7 @@ async fn a_frozen_worker_that_wakes_up_late_cannot_overwrite_the_job() {
             .text()
             .await
             .ok()?;
-        let counter = |name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name} ")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let counter = |name: &str| metric_value(&text, name).unwrap_or(0);
         let fenced =
             counter("etlq_stale_writes_rejected_total") + counter("etlq_leases_lost_total");
         (fenced > 0).then_some(text)

@@ -40,10 +40,13 @@ async fn metric(app: &TestApp, name: &str) -> u64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    metric_value(&text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Enqueues `jobs` in one statement; their ids in order.
+async fn enqueue_ids(store: &etlq::queue::JobStore, jobs: &[NewJob]) -> Vec<i64> {
+    let done = store.enqueue_many(jobs).await.unwrap();
+    done.iter().map(|e| e.job_id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -53,14 +56,7 @@ async fn several_claim_loops_never_run_more_jobs_than_the_cap() {
     let jobs: Vec<NewJob> = (0..40)
         .map(|_| NewJob::new("test", json!({"sleep_ms": {"first": 150}})))
         .collect();
-    let ids: Vec<i64> = db
-        .store()
-        .enqueue_many(&jobs)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.job_id)
-        .collect();
+    let ids = enqueue_ids(&db.store(), &jobs).await;
     let app = spawn_app_on(db.clone(), Role::Serve, |s| {
         s.worker.concurrency = 4;
         s.worker.fetchers = 4;
@@ -88,13 +84,7 @@ async fn a_statement_postgres_refuses_fails_its_job_at_once_and_the_worker_goes_
     bad.max_attempts = Some(1);
     let mut jobs = vec![bad];
     jobs.extend((0..8).map(|_| NewJob::new("test", json!({}))));
-    let ids: Vec<i64> = store
-        .enqueue_many(&jobs)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.job_id)
-        .collect();
+    let ids = enqueue_ids(&store, &jobs).await;
     // Well inside the outage tolerance (300 s): a refusal is not waited on.
     let quick = Duration::from_secs(20);
     require_state(&store, ids[0], JobState::Dead, quick).await;
