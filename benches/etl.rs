@@ -396,8 +396,7 @@ fn main() {
     if args.iter().any(|a| a == "--diff-only") {
         let dir = tempfile::tempdir().unwrap();
         let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/etlq");
-        let server_url = std::env::var("BENCH_PG")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let server_url = common::bench_server();
         let (a, b) = (
             samples::gl_export(1_000_000, 0),
             samples::gl_export(1_000_000, 1_000),
@@ -471,8 +470,7 @@ fn main() {
         );
         return;
     }
-    let server_url =
-        std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let server_url = common::bench_server();
     let vs_calamine = |wall: f64| {
         calamine
             .map(|c| format!(" = {:.2}× python-calamine's row count", wall / c))

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{median, percentile};
+use common::{arg, median, percentile};
 
 use futures_util::FutureExt;
 use serde_json::{Value, json};
@@ -28,15 +28,6 @@ use etlq::metrics::Metrics;
 use etlq::pipeline::{FnStage, JobKind, Registry, noop_kind};
 use etlq::queue::{JobStore, NewJob};
 use etlq::worker::Worker;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn settings(url: &str, concurrency: usize, batch: usize) -> Settings {
     let mut s = Settings::defaults();
@@ -86,8 +77,7 @@ async fn truncate(pool: &PgPool) {
 
 #[tokio::main]
 async fn main() {
-    let server =
-        std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let server = common::bench_server();
     let jobs = arg("--jobs", 20_000);
     let runs = arg("--runs", 3);
     let concurrency = arg("--concurrency", 1000);

@@ -56,8 +56,7 @@ fn main() {
     let cosmos =
         std::env::var("ETLQ_TEST_COSMOS").expect("ETLQ_TEST_COSMOS: run scripts/bench-cosmos");
     let admin = std::env::var("ETLQ_TEST_COSMOS_ADMIN").expect("ETLQ_TEST_COSMOS_ADMIN");
-    let server_url =
-        std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let server_url = common::bench_server();
     let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/etlq");
     assert!(
         bin.exists(),

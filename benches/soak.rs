@@ -18,18 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use common::{percentile, start_server};
+use common::{arg, percentile, start_server};
 use etlq::db::Pools;
 use etlq::queue::{Actor, JobStore, NewJob, Transition, TransitionEvent};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -112,8 +103,7 @@ async fn timed_get(client: &reqwest::Client, urls: &[String]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let server =
-        std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let server = common::bench_server();
     let history = arg("--history", 1_000_000);
     let parked = arg("--parked", 100_000);
     let rate = arg("--rate", 2000);

@@ -56,6 +56,21 @@ pub async fn drop_db(server: &str, name: &str) {
     .unwrap();
 }
 
+/// The value after `--name` on the command line, else `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The PostgreSQL server to measure on: BENCH_PG, else the local default.
+pub fn bench_server() -> String {
+    std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
 /// The `p` quantile of `v` (nearest rank; NaN when empty); sorts `v`.
 pub fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
