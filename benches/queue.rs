@@ -65,7 +65,7 @@ fn start_worker(
 }
 
 async fn truncate(pool: &PgPool) {
-    sqlx::query("TRUNCATE jobs, job_events, dead_letters, workers")
+    sqlx::query("TRUNCATE jobs, job_events, dead_letters, workers, job_keys, job_counts")
         .execute(pool)
         .await
         .unwrap();

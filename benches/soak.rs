@@ -37,9 +37,15 @@ async fn scalar_i64(pool: &PgPool, sql: &'static str) -> i64 {
 }
 
 async fn sizes(pool: &PgPool) -> String {
+    // Both tables are partitioned by day (ADR 0017): summed over their partitions, and the
+    // live partition on its own.
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT relname::text, pg_relation_size(relid), pg_indexes_size(relid)
-           FROM pg_stat_user_tables WHERE relname IN ('jobs', 'job_events') ORDER BY relname",
+        "SELECT p.relname::text, sum(pg_relation_size(c.oid))::int8, sum(pg_indexes_size(c.oid))::int8
+           FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relname IN ('jobs', 'job_events') GROUP BY 1
+         UNION ALL
+         SELECT 'jobs_live', pg_relation_size('jobs_live'), pg_indexes_size('jobs_live')
+         ORDER BY 1",
     )
     .fetch_all(pool)
     .await
@@ -58,10 +64,12 @@ async fn sizes(pool: &PgPool) -> String {
 
 async fn dead_tuples(pool: &PgPool) -> (i64, i64, i64) {
     sqlx::query_as(
-        "SELECT coalesce(sum(n_dead_tup) FILTER (WHERE relname = 'jobs'), 0)::bigint,
-                coalesce(sum(n_dead_tup) FILTER (WHERE relname = 'job_events'), 0)::bigint,
-                coalesce(sum(autovacuum_count), 0)::bigint
-           FROM pg_stat_user_tables WHERE relname IN ('jobs', 'job_events')",
+        "SELECT coalesce(sum(s.n_dead_tup) FILTER (WHERE p.relname = 'jobs'), 0)::bigint,
+                coalesce(sum(s.n_dead_tup) FILTER (WHERE p.relname = 'job_events'), 0)::bigint,
+                coalesce(sum(s.autovacuum_count), 0)::bigint
+           FROM pg_stat_user_tables s JOIN pg_inherits i ON i.inhrelid = s.relid
+           JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relname IN ('jobs', 'job_events')",
     )
     .fetch_one(pool)
     .await

@@ -4,7 +4,8 @@ SELECT w.id, w.host, w.pid, w.version, w.roles, w.mode, w.in_flight, w.concurren
        w.started_at, now() - w.heartbeat_at AS since_heartbeat,
        (w.stopped_at IS NULL AND w.heartbeat_at > now() - interval '15 seconds') AS live,
        w.stopped_at,
-       (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.lease_owner = w.id) AS leases_held
+       (SELECT count(*) FROM jobs j WHERE j.state = 'running' AND j.lease_owner = w.id
+          AND j.finished_at IS NULL) AS leases_held
 FROM workers w
 ORDER BY live DESC, w.started_at DESC;
 

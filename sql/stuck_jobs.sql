@@ -5,11 +5,12 @@ SELECT j.id, j.kind, j.state, j.stage, j.attempts, j.max_attempts, j.lease_owner
        w.mode AS owner_mode, w.heartbeat_at AS owner_heartbeat
 FROM jobs j
 LEFT JOIN workers w ON w.id = j.lease_owner
-WHERE j.state = 'running' AND j.lease_expires_at < now()
+WHERE j.state = 'running' AND j.lease_expires_at < now() AND j.finished_at IS NULL
 UNION ALL
 SELECT j.id, j.kind, j.state, j.stage, j.attempts, j.max_attempts, NULL, NULL,
        now() - j.run_at, NULL, NULL
 FROM jobs j
 WHERE j.state IN ('queued', 'retrying') AND j.run_at < now() - interval '5 minutes'
+  AND j.finished_at IS NULL
 ORDER BY 1
 LIMIT 200;

@@ -13,6 +13,10 @@ use sqlx::{ConnectOptions, Connection, PgPool, Postgres};
 use crate::configuration::DatabaseSettings;
 use crate::retry::Backoff;
 
+/// Days of history partitions kept ready after today (ADR 0017): made by every migrate and
+/// by the history service's passes.
+pub const PARTITIONS_AHEAD_DAYS: i32 = 7;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +148,12 @@ impl Pools {
     /// Migrates the database the pools point at.
     pub async fn migrate(&self) -> Result<(), DbError> {
         MIGRATOR.run(&self.main).await?;
+        // Finished jobs need today's partition (and the next days'): every process that
+        // migrates makes sure they exist before it moves a job (ADR 0017).
+        sqlx::query("SELECT etlq_ensure_history_partitions($1)")
+            .bind(PARTITIONS_AHEAD_DAYS)
+            .execute(&self.main)
+            .await?;
         Ok(())
     }
 

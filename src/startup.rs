@@ -243,6 +243,8 @@ impl Application {
         let settings = Arc::new(settings);
         let registry = Arc::new(registry);
         let jobs = JobStore::new(&pools, settings.retry.default_max_attempts);
+        #[cfg(feature = "test-aids")]
+        let jobs = jobs.pause_in_finish(Duration::from_millis(settings.testing.pause_in_finish_ms));
         let fleet = FleetStore::new(&pools);
         let datasets = DatasetStore::new(&pools);
         let lifecycle = Lifecycle::new(settings.worker.drain_timeout());
@@ -312,7 +314,7 @@ impl Application {
                 JobCleaner::new(
                     jobs.clone(),
                     fleet.clone(),
-                    JobCleanerConfig::from_settings(&settings.maintenance),
+                    JobCleanerConfig::from_settings(&settings),
                 )
                 .run(maintenance.clone()),
             );

@@ -50,6 +50,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub retry: RetrySettings,
     pub maintenance: MaintenanceSettings,
+    pub history: HistorySettings,
     pub log: LogSettings,
     pub blob: BlobSettings,
     pub etl: EtlSettings,
@@ -256,8 +257,6 @@ pub struct MaintenanceSettings {
     pub rescue_interval_ms: u64,
     pub rescue_grace_ms: u64,
     pub cleanup_interval_ms: u64,
-    pub succeeded_retention_hours: u64,
-    pub dead_retention_hours: u64,
     pub worker_retention_hours: u64,
     pub stats_rollup_interval_ms: u64,
     /// How often each worker process looks for due source slots.
@@ -267,6 +266,15 @@ pub struct MaintenanceSettings {
     /// Source runs (listings and Event Grid deliveries) are deleted after this many hours;
     /// the ingest ledger is kept.
     pub source_run_retention_hours: u64,
+}
+
+/// Finished jobs and their events (ADR 0017).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    /// Whole days of finished jobs kept after the day they finished; older days are dropped
+    /// as partitions.
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -325,6 +333,9 @@ impl Settings {
         }
         if self.worker.max_consecutive_rescues < 1 {
             return bad("worker.max_consecutive_rescues must be at least 1");
+        }
+        if !(1..=3650).contains(&self.history.retention_days) {
+            return bad("history.retention_days must be between 1 and 3650");
         }
         if self.retry.default_max_attempts < 1 {
             return bad("retry.default_max_attempts must be at least 1");

@@ -17,4 +17,7 @@ pub struct TestingSettings {
     pub source_page_size: usize,
     /// A dataset rollback waits this long before it commits, so a test can kill it midway.
     pub pause_in_rollback_ms: u64,
+    /// A statement that finishes jobs (moving them out of `jobs_live`) waits this long before
+    /// it commits, so a test can kill the process in the middle of the move.
+    pub pause_in_finish_ms: u64,
 }

@@ -1,35 +1,28 @@
-//! Deletes finished jobs (with their history) and stale worker rows past retention.
+//! Keeps the history's day partitions: makes the days ahead, drops the days past
+//! `history.retention_days` (ADR 0017), and deletes stale worker rows.
 
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::configuration::MaintenanceSettings;
+use crate::configuration::Settings;
 use crate::fleet::FleetStore;
 use crate::queue::JobStore;
-
-/// Jobs deleted per statement, so one pass never holds long locks.
-pub const DEFAULT_CLEANUP_BATCH: i64 = 5000;
 
 #[derive(Debug, Clone)]
 pub struct JobCleanerConfig {
     pub interval: Duration,
-    pub succeeded_retention: Duration,
-    pub dead_retention: Duration,
+    /// Finished jobs and job events are kept this long after their day ends.
+    pub retention: Duration,
     pub worker_retention: Duration,
-    pub batch: i64,
 }
 
 impl JobCleanerConfig {
-    pub fn from_settings(m: &MaintenanceSettings) -> Self {
-        let hours = |h: u64| Duration::from_secs(h * 3600);
+    pub fn from_settings(s: &Settings) -> Self {
         JobCleanerConfig {
-            interval: Duration::from_millis(m.cleanup_interval_ms),
-            succeeded_retention: hours(m.succeeded_retention_hours),
-            dead_retention: hours(m.dead_retention_hours),
-            worker_retention: hours(m.worker_retention_hours),
-            batch: DEFAULT_CLEANUP_BATCH,
+            interval: Duration::from_millis(s.maintenance.cleanup_interval_ms),
+            retention: Duration::from_secs(u64::from(s.history.retention_days) * 86_400),
+            worker_retention: Duration::from_secs(s.maintenance.worker_retention_hours * 3600),
         }
     }
 }
@@ -53,31 +46,26 @@ impl JobCleaner {
         }
     }
 
-    /// One full pass; returns the number of jobs deleted.
+    /// One full pass; returns the finished jobs dropped with their partitions.
     pub async fn clean_once(&self) -> Result<u64, CleanupError> {
         let err = |e: &dyn std::fmt::Display| CleanupError(e.to_string());
-        let now = Utc::now();
-        let succeeded_before =
-            now - chrono::Duration::from_std(self.config.succeeded_retention).unwrap_or_default();
-        let dead_before =
-            now - chrono::Duration::from_std(self.config.dead_retention).unwrap_or_default();
-        let mut total = 0;
-        loop {
-            let n = self
-                .jobs
-                .delete_finished(succeeded_before, dead_before, self.config.batch)
-                .await
-                .map_err(|e| err(&e))?;
-            total += n;
-            if n < self.config.batch as u64 {
-                break;
-            }
+        let made = self.jobs.ensure_partitions().await.map_err(|e| err(&e))?;
+        if made > 0 {
+            tracing::info!(partitions = made, "created history partitions ahead");
+        }
+        let dropped = self
+            .jobs
+            .drop_expired_partitions(self.config.retention)
+            .await
+            .map_err(|e| err(&e))?;
+        for d in &dropped {
+            tracing::info!(partition = %d.table, jobs = d.jobs, "dropped a history partition past retention");
         }
         self.fleet
             .delete_stale(self.config.worker_retention)
             .await
             .map_err(|e| err(&e))?;
-        Ok(total)
+        Ok(dropped.iter().map(|d| d.jobs as u64).sum())
     }
 
     pub async fn run(self, stop: CancellationToken) {
@@ -86,10 +74,8 @@ impl JobCleaner {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(self.config.interval) => {}
             }
-            match self.clean_once().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(jobs = n, "deleted finished jobs past retention"),
-                Err(e) => tracing::warn!(error = %e, "cleanup failed"),
+            if let Err(e) = self.clean_once().await {
+                tracing::warn!(error = %e, "history cleanup failed; next pass in the interval");
             }
         }
     }

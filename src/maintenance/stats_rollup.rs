@@ -1,5 +1,6 @@
 //! Rolls `job_events` up into per-minute counts (`job_event_minutes`) once each minute has
-//! settled, so the console's overview reads sixty rows instead of an hour of events.
+//! settled, so the console's overview reads sixty rows instead of an hour of events; folds the
+//! finished-job counts' deltas (`job_counts`) on the same beat.
 
 use std::time::Duration;
 
@@ -46,6 +47,8 @@ impl StatsRollup {
     pub async fn roll_up_once(&self) -> Result<i64, crate::queue::QueueError> {
         let now = Utc::now();
         let ago = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or_default();
+        // The finished-job counts' deltas are folded on the same beat.
+        self.jobs.compact_counts().await?;
         self.jobs
             .roll_up_minutes(ago(self.config.window), ago(self.config.settle_lag))
             .await

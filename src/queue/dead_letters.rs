@@ -88,7 +88,7 @@ const RETRY_SQL: &str = r#"
                               ELSE j.checkpoint END,
             stage = CASE WHEN $6 OR j.outputs_reclaimed_at IS NOT NULL THEN NULL ELSE j.stage END,
             outputs_reclaimed_at = NULL
-        WHERE j.id IN (SELECT job_id FROM dl)
+        WHERE j.id IN (SELECT job_id FROM dl) AND j.finished_at IS NOT NULL
         RETURNING j.id, j.stage, j.attempts, j.fencing_token
     ),
     ev AS (
@@ -211,15 +211,29 @@ impl JobStore {
         actor: &Actor,
     ) -> Result<Vec<i64>, QueueError> {
         filter.check()?;
-        Ok(sqlx::query_scalar(RETRY_SQL)
-            .bind(job_ids)
-            .bind(filter.kind.as_deref())
-            .bind(filter.bu_id.as_deref())
-            .bind(filter.connector.as_deref())
-            .bind(filter.since)
-            .bind(from == RetryFrom::Start)
-            .bind(&actor.id)
-            .fetch_all(&self.pool)
-            .await?)
+        super::again_if_moved(|| async {
+            let mut tx = self.pool.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(RETRY_SQL)
+                .bind(job_ids)
+                .bind(filter.kind.as_deref())
+                .bind(filter.bu_id.as_deref())
+                .bind(filter.connector.as_deref())
+                .bind(filter.since)
+                .bind(from == RetryFrom::Start)
+                .bind(&actor.id)
+                .fetch_all(&mut *tx)
+                .await?;
+            // The jobs moved back into jobs_live, which fires no UPDATE row trigger: wake
+            // the workers here.
+            if !ids.is_empty() {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(super::JOBS_CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(ids)
+        })
+        .await
     }
 }

@@ -93,6 +93,33 @@ pub struct FilterCount {
 impl JobStore {
     pub async fn count_matching(&self, filter: &ListFilter) -> Result<FilterCount, QueueError> {
         filter.check()?;
+        if filter.bu_id.is_none()
+            && filter.connector.is_none()
+            && filter.created_after.is_none()
+            && filter.created_before.is_none()
+        {
+            // By state and kind only: the live partition and the finished-job counts answer
+            // without reading history.
+            let mut c = FilterCount {
+                matched: 0,
+                cancellable: 0,
+                retryable: 0,
+            };
+            for r in self.counts_by_state_kind().await? {
+                if filter.state.is_some_and(|s| s.as_str() != r.state)
+                    || filter.kind.as_ref().is_some_and(|k| *k != r.kind)
+                {
+                    continue;
+                }
+                c.matched += r.count;
+                match r.state.as_str() {
+                    "queued" | "retrying" | "running" => c.cancellable += r.count,
+                    "dead" => c.retryable += r.count,
+                    _ => {}
+                }
+            }
+            return Ok(c);
+        }
         let sql = concat!(
             "SELECT count(*) AS matched, \
                     count(*) FILTER (WHERE state IN ('queued', 'retrying', 'running')) AS cancellable, \
@@ -113,11 +140,19 @@ impl JobStore {
         actor: &Actor,
     ) -> Result<Vec<i64>, QueueError> {
         filter.check()?;
+        super::again_if_moved(|| self.cancel_matching_once(filter, actor)).await
+    }
+
+    async fn cancel_matching_once(
+        &self,
+        filter: &ListFilter,
+        actor: &Actor,
+    ) -> Result<Vec<i64>, QueueError> {
         let sql = concat!(
             r#"
             WITH target AS (
                 SELECT id, state AS prev FROM jobs
-                WHERE state IN ('queued', 'retrying', 'running') AND "#,
+                WHERE state IN ('queued', 'retrying', 'running') AND finished_at IS NULL AND "#,
             filter_sql!(),
             r#"
                 ORDER BY id
@@ -128,7 +163,7 @@ impl JobStore {
                        fencing_token = j.fencing_token + 1, finished_at = now(), updated_at = now(),
                        last_error = coalesce(j.last_error, 'cancelled by ' || $7)
                 FROM target t
-                WHERE j.id = t.id
+                WHERE j.id = t.id AND j.finished_at IS NULL
                 RETURNING j.id, j.stage, j.attempts, j.fencing_token, t.prev
             ),
             ev AS (

@@ -3,7 +3,9 @@
 
 mod backoff;
 mod dead_letters;
+mod enqueue;
 mod filter;
+mod history;
 mod listen;
 mod reads;
 mod reclaim;
@@ -14,6 +16,7 @@ mod types;
 pub use backoff::{Backoff, job_backoff};
 pub use dead_letters::{DeadLetter, DeadLetterFilter, RetryFrom};
 pub use filter::{FilterCount, ListFilter};
+pub use history::DroppedPartition;
 pub use listen::{Listener, Notification};
 pub use stats::{FailureRow, MinuteBucket, StateKindCount, Stats};
 pub use store::{JobStore, Page};
@@ -44,6 +47,14 @@ impl QueueError {
     /// PostgreSQL could not be reached (as opposed to refusing a statement).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, QueueError::Db(e) if crate::db::is_unavailable(e))
+    }
+
+    /// SQLSTATE 40001 raised because a row the statement waited for moved to another
+    /// partition meanwhile (a job that finished, or a dead job retried, in another
+    /// transaction). Nothing was written; running the statement again reads where the row is
+    /// now.
+    pub(crate) fn moved_meanwhile(&self) -> bool {
+        matches!(self, QueueError::Db(sqlx::Error::Database(d)) if d.code().as_deref() == Some("40001"))
     }
 
     /// A statement PostgreSQL refused (not a connection problem): its SQLSTATE, when the
@@ -84,5 +95,20 @@ pub fn check_timestamp(field: &str, t: chrono::DateTime<chrono::Utc>) -> Result<
         Err(QueueError::Invalid(format!(
             "{field} must be a timestamp between years 1900 and 9999"
         )))
+    }
+}
+
+/// Runs `op` again, a few times, while it fails with [`QueueError::moved_meanwhile`].
+pub(crate) async fn again_if_moved<T, F, Fut>(mut op: F) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(e) if e.moved_meanwhile() && tries < 3 => tries += 1,
+            r => return r,
+        }
     }
 }

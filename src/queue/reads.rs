@@ -51,13 +51,4 @@ impl JobStore {
                 .await?,
         )
     }
-
-    /// Job counts per state (for `status` and metrics).
-    pub async fn counts(&self) -> Result<Vec<(String, i64)>, QueueError> {
-        Ok(
-            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
 }

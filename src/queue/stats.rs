@@ -114,11 +114,7 @@ struct MinuteRow {
 
 impl JobStore {
     pub async fn stats(&self) -> Result<Stats, QueueError> {
-        let counts: Vec<StateKindCount> = sqlx::query_as(
-            "SELECT state, kind, count(*) AS count FROM jobs GROUP BY state, kind ORDER BY state, kind",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let counts = self.counts_by_state_kind().await?;
         let depth = counts
             .iter()
             .filter(|c| c.state == "queued" || c.state == "retrying")

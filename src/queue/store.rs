@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{
-    Actor, CANCEL_CHANNEL, ClaimedJob, Enqueued, JobState, NewJob, QueueError, RescueRules,
-    Rescued, Transition, TransitionEvent,
+    Actor, CANCEL_CHANNEL, ClaimedJob, JobState, QueueError, RescueRules, Rescued, Transition,
+    TransitionEvent,
 };
 use crate::db::{Pools, Tx};
 
@@ -20,7 +19,10 @@ pub struct JobStore {
     pub(super) pool: PgPool,
     /// Lease renewals run here, never queued behind job traffic on `pool`.
     control: PgPool,
-    default_max_attempts: i32,
+    pub(super) default_max_attempts: i32,
+    /// `testing.pause_in_finish_ms`: transitions that finish a job commit this much later.
+    #[cfg(feature = "test-aids")]
+    finish_pause: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,261 +59,23 @@ impl JobStore {
             pool: pools.main.clone(),
             control: pools.control.clone(),
             default_max_attempts,
+            #[cfg(feature = "test-aids")]
+            finish_pause: Duration::ZERO,
         }
+    }
+
+    /// Test aid: transitions that finish a job hold their transaction open this long before
+    /// committing (`testing.pause_in_finish_ms`).
+    #[cfg(feature = "test-aids")]
+    pub fn pause_in_finish(mut self, pause: Duration) -> Self {
+        self.finish_pause = pause;
+        self
     }
 
     /// Answers when PostgreSQL does (readiness).
     pub async fn ping(&self) -> Result<(), QueueError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Enqueues one job; with an idempotency key already in use, returns that job instead.
-    pub async fn enqueue(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
-        job.check()?;
-        let mut conn = self.pool.acquire().await?;
-        self.enqueue_on(&mut conn, job).await
-    }
-
-    /// [`JobStore::enqueue`] inside a caller's transaction (an upload commits its job and its
-    /// audit row together).
-    pub async fn enqueue_in(&self, tx: &mut Tx, job: &NewJob) -> Result<Enqueued, QueueError> {
-        job.check()?;
-        self.enqueue_on(tx.conn(), job).await
-    }
-
-    async fn enqueue_on(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        job: &NewJob,
-    ) -> Result<Enqueued, QueueError> {
-        // A statement of its own: the bulk form's unnest is re-planned on every call, which
-        // was half of a single enqueue's latency.
-        let id: Option<i64> = sqlx::query_scalar(
-            r#"
-            WITH ins AS (
-                INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at)
-                VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
-                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                RETURNING id
-            ),
-            ev AS (
-                INSERT INTO job_events (job_id, event, to_state)
-                SELECT id, 'enqueued', 'queued' FROM ins
-            )
-            SELECT id FROM ins
-            "#,
-        )
-        .bind(&job.kind)
-        .bind(&job.payload)
-        .bind(job.idempotency_key.as_deref())
-        .bind(job.priority.unwrap_or(0))
-        .bind(job.max_attempts.unwrap_or(self.default_max_attempts))
-        .bind(job.delay_ms.unwrap_or(0) as f64 / 1000.0)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(job_id) = id {
-            return Ok(Enqueued {
-                job_id,
-                created: true,
-            });
-        }
-        let existing: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
-                .bind(job.idempotency_key.as_deref())
-                .fetch_optional(&mut *conn)
-                .await?;
-        existing
-            .map(|job_id| Enqueued {
-                job_id,
-                created: false,
-            })
-            .ok_or_else(|| {
-                QueueError::Invalid("idempotency key conflicted but its job was not found".into())
-            })
-    }
-
-    /// Enqueues keyed jobs in the caller's transaction, in one statement, recording `actor` on
-    /// each `enqueued` event (a source's jobs name the source that found them). Returns the
-    /// job of each key in input order; a key already in use returns its existing job.
-    pub async fn enqueue_keyed_in(
-        &self,
-        tx: &mut Tx,
-        jobs: &[NewJob],
-        actor: &Actor,
-    ) -> Result<Vec<Enqueued>, QueueError> {
-        for j in jobs {
-            j.check()?;
-            if j.idempotency_key.is_none() {
-                return Err(QueueError::Invalid(
-                    "enqueue_keyed_in: every job needs an idempotency key".into(),
-                ));
-            }
-        }
-        let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
-        let payloads: Vec<String> = jobs.iter().map(|j| j.payload.to_string()).collect();
-        let keys: Vec<&str> = jobs
-            .iter()
-            .filter_map(|j| j.idempotency_key.as_deref())
-            .collect();
-        let max_attempts: Vec<i32> = jobs
-            .iter()
-            .map(|j| j.max_attempts.unwrap_or(self.default_max_attempts))
-            .collect();
-        let rows: Vec<(i64, String, bool)> = sqlx::query_as(
-            r#"
-            WITH input AS (
-                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[])
-                    WITH ORDINALITY AS t(kind, payload, key, max_attempts, ord)
-            ),
-            ins AS (
-                INSERT INTO jobs (kind, payload, idempotency_key, max_attempts)
-                SELECT kind, payload::jsonb, key, max_attempts FROM input ORDER BY ord
-                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                RETURNING id, idempotency_key
-            ),
-            ev AS (
-                INSERT INTO job_events (job_id, event, to_state, worker_id, worker_version)
-                SELECT id, 'enqueued', 'queued', $5, $6 FROM ins
-            )
-            SELECT id, idempotency_key, true FROM ins
-            UNION ALL
-            SELECT j.id, j.idempotency_key, false FROM jobs j
-             WHERE j.idempotency_key = ANY($3) AND NOT EXISTS
-                   (SELECT 1 FROM ins WHERE ins.idempotency_key = j.idempotency_key)
-            "#,
-        )
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(&keys)
-        .bind(&max_attempts)
-        .bind(&actor.id)
-        .bind(&actor.version)
-        .fetch_all(tx.conn())
-        .await?;
-        let by_key: std::collections::HashMap<&str, (i64, bool)> =
-            rows.iter().map(|r| (r.1.as_str(), (r.0, r.2))).collect();
-        keys.iter()
-            .map(|k| {
-                by_key
-                    .get(k)
-                    .map(|&(job_id, created)| Enqueued { job_id, created })
-                    .ok_or_else(|| QueueError::Invalid(format!("no job for key {k:?}")))
-            })
-            .collect()
-    }
-
-    /// Enqueues many jobs in one statement (and one `job_events` statement), in input order.
-    pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
-        for j in jobs {
-            j.check()?;
-        }
-        let n = jobs.len();
-        let mut kinds = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut priorities = Vec::with_capacity(n);
-        let mut max_attempts = Vec::with_capacity(n);
-        let mut delays = Vec::with_capacity(n);
-        for j in jobs {
-            kinds.push(j.kind.as_str());
-            payloads.push(j.payload.to_string());
-            keys.push(j.idempotency_key.as_deref());
-            priorities.push(j.priority.unwrap_or(0));
-            max_attempts.push(j.max_attempts.unwrap_or(self.default_max_attempts));
-            delays.push(j.delay_ms.unwrap_or(0) as f64 / 1000.0);
-        }
-        // ON CONFLICT skips duplicate keys; their ids are looked up afterwards.
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            r#"
-            WITH input AS (
-                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int2[], $5::int4[], $6::float8[])
-                    WITH ORDINALITY AS t(kind, payload, key, priority, max_attempts, delay_s, ord)
-            ),
-            ins AS (
-                INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at)
-                SELECT kind, payload::jsonb, key, priority, max_attempts,
-                       now() + make_interval(secs => delay_s)
-                FROM input ORDER BY ord
-                ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-                RETURNING id, idempotency_key
-            ),
-            ev AS (
-                INSERT INTO job_events (job_id, event, to_state)
-                SELECT id, 'enqueued', 'queued' FROM ins
-            )
-            SELECT ins.id, input.ord
-            FROM ins JOIN input ON input.key IS NOT DISTINCT FROM ins.idempotency_key
-            WHERE ins.idempotency_key IS NOT NULL
-            UNION ALL
-            SELECT id, 0 FROM ins WHERE idempotency_key IS NULL
-            "#,
-        )
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(&keys)
-        .bind(&priorities)
-        .bind(&max_attempts)
-        .bind(&delays)
-        .fetch_all(&self.pool)
-        .await?;
-
-        // Keyless rows come back in insertion order (identity ids are increasing in one
-        // statement), keyed rows with their ordinal.
-        let mut out: Vec<Option<Enqueued>> = vec![None; n];
-        let mut keyless: Vec<i64> = rows.iter().filter(|r| r.1 == 0).map(|r| r.0).collect();
-        keyless.sort_unstable();
-        let mut keyless = keyless.into_iter();
-        for (id, ord) in &rows {
-            if *ord > 0 {
-                out[(*ord - 1) as usize] = Some(Enqueued {
-                    job_id: *id,
-                    created: true,
-                });
-            }
-        }
-        for (i, j) in jobs.iter().enumerate() {
-            if j.idempotency_key.is_none() {
-                let id = keyless.next().expect("one id per keyless job");
-                out[i] = Some(Enqueued {
-                    job_id: id,
-                    created: true,
-                });
-            }
-        }
-        let missing: Vec<&str> = jobs
-            .iter()
-            .zip(&out)
-            .filter(|(_, o)| o.is_none())
-            .filter_map(|(j, _)| j.idempotency_key.as_deref())
-            .collect();
-        if !missing.is_empty() {
-            let existing: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT id, idempotency_key FROM jobs WHERE idempotency_key = ANY($1::text[])",
-            )
-            .bind(&missing)
-            .fetch_all(&self.pool)
-            .await?;
-            for (j, o) in jobs.iter().zip(out.iter_mut()) {
-                if o.is_none() {
-                    let key = j.idempotency_key.as_deref();
-                    let id = existing
-                        .iter()
-                        .find(|(_, k)| Some(k.as_str()) == key)
-                        .map(|(id, _)| *id)
-                        .ok_or_else(|| {
-                            QueueError::Invalid(format!(
-                                "idempotency key {key:?} conflicted but its job was not found"
-                            ))
-                        })?;
-                    *o = Some(Enqueued {
-                        job_id: id,
-                        created: false,
-                    });
-                }
-            }
-        }
-        Ok(out.into_iter().map(|o| o.expect("filled")).collect())
     }
 
     /// Claims up to `limit` claimable jobs for `actor`, highest priority and earliest `run_at` first.
@@ -334,6 +98,7 @@ impl JobStore {
                 CROSS JOIN LATERAL (
                     SELECT id, state AS prev_state, run_at AS due_at, priority FROM jobs
                     WHERE kind = k.kind AND state IN ('queued', 'retrying') AND run_at <= now()
+                      AND finished_at IS NULL -- jobs_live only
                     ORDER BY priority, run_at, id
                     LIMIT $1
                     FOR UPDATE SKIP LOCKED
@@ -351,6 +116,7 @@ impl JobStore {
                 -- The ANY keeps the plan on the primary key; a bare join to the CTE hash-joins
                 -- against a scan of the whole table, which grows with history.
                 WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT id FROM picked))
+                  AND j.finished_at IS NULL
                 RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempts, j.max_attempts,
                           j.fencing_token, j.stage, picked.prev_state, picked.ord,
                           extract(epoch FROM now() - picked.due_at)::float8 AS waited_s
@@ -378,6 +144,14 @@ impl JobStore {
     /// Applies worker transitions in one statement. Each is fenced: it applies only while the job
     /// is still `running` under the same token. Returns the ids that were applied.
     pub async fn apply(
+        &self,
+        actor: &Actor,
+        transitions: &[Transition],
+    ) -> Result<Vec<i64>, QueueError> {
+        super::again_if_moved(|| self.apply_once(actor, transitions)).await
+    }
+
+    async fn apply_once(
         &self,
         actor: &Actor,
         transitions: &[Transition],
@@ -441,7 +215,7 @@ impl JobStore {
                 }
             }
         }
-        let applied: Vec<i64> = sqlx::query_scalar(
+        let query = sqlx::query_scalar(
             r#"
             WITH input AS (
                 SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
@@ -472,7 +246,10 @@ impl JobStore {
                 -- "Still running" is tested as `lease_owner IS NOT NULL` (equivalent by a CHECK
                 -- constraint) so the planner drives the join from the input through the primary
                 -- key instead of matching every input row against the partial lease index.
+                -- `finished_at IS NULL` keeps the plan on jobs_live; a job that finishes here
+                -- moves to its day's partition in this statement.
                 WHERE j.id = i.id AND j.fencing_token = i.token AND j.lease_owner IS NOT NULL
+                  AND j.finished_at IS NULL
                 RETURNING j.id, j.kind, j.payload, j.attempts, i.event, i.to_state, i.stage,
                           i.error, i.attempt, i.duration_ms, i.token
             ),
@@ -505,9 +282,16 @@ impl JobStore {
         .bind(&attempts)
         .bind(&durations)
         .bind(&actor.id)
-        .bind(&actor.version)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(&actor.version);
+        #[cfg(feature = "test-aids")]
+        if !self.finish_pause.is_zero() && to_states.iter().any(|s| *s != "running") {
+            let mut tx = self.pool.begin().await?;
+            let applied: Vec<i64> = query.fetch_all(&mut *tx).await?;
+            tokio::time::sleep(self.finish_pause).await;
+            tx.commit().await?;
+            return Ok(applied);
+        }
+        let applied: Vec<i64> = query.fetch_all(&self.pool).await?;
         Ok(applied)
     }
 
@@ -546,14 +330,45 @@ impl JobStore {
         held: &[(i64, i64)],
         lease: Duration,
     ) -> Result<Vec<i64>, QueueError> {
+        super::again_if_moved(|| self.renew_leases_once(owner, held, lease)).await
+    }
+
+    async fn renew_leases_once(
+        &self,
+        owner: &str,
+        held: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<i64>, QueueError> {
         let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
         let tokens: Vec<i64> = held.iter().map(|h| h.1).collect();
+        // Rows another transaction has locked are skipped, not waited for: most are this
+        // worker's own jobs being finished, whose move to history would make a waiting
+        // UPDATE fail with 40001 (and one slow row would hold up every renewal in the batch);
+        // the rest are a promote's hold (FOR SHARE) or a cancel or rescue in flight. A
+        // skipped job still held under its token counts as held; the next renewal settles it.
         let kept = sqlx::query_scalar(
             r#"
-            UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4)
-            FROM unnest($1::int8[], $2::int8[]) AS h(id, token)
-            WHERE j.id = h.id AND j.fencing_token = h.token AND j.lease_owner = $3
-            RETURNING j.id
+            WITH mine AS (
+                SELECT j.id FROM jobs j
+                JOIN unnest($1::int8[], $2::int8[]) AS h(id, token)
+                  ON j.id = h.id AND j.fencing_token = h.token
+                WHERE j.lease_owner = $3 AND j.finished_at IS NULL
+            ),
+            free AS (
+                SELECT j.id FROM jobs j
+                JOIN unnest($1::int8[], $2::int8[]) AS h(id, token)
+                  ON j.id = h.id AND j.fencing_token = h.token
+                WHERE j.lease_owner = $3 AND j.finished_at IS NULL
+                FOR NO KEY UPDATE OF j SKIP LOCKED
+            ),
+            renewed AS (
+                UPDATE jobs j SET lease_expires_at = now() + make_interval(secs => $4)
+                WHERE j.id = ANY (ARRAY(SELECT id FROM free)) AND j.finished_at IS NULL
+                RETURNING j.id
+            )
+            SELECT id FROM renewed
+            UNION
+            SELECT id FROM mine WHERE id <> ALL (ARRAY(SELECT id FROM free))
             "#,
         )
         .bind(&ids)
@@ -569,14 +384,21 @@ impl JobStore {
     /// until the transaction ends; false when the token has moved on. A stage whose writes
     /// must commit only while it still owns the job (promote) checks this first.
     pub async fn hold_in(&self, tx: &mut Tx, job_id: i64, token: i64) -> Result<bool, QueueError> {
-        let held: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL FOR SHARE",
+        let held = sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM jobs WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL AND finished_at IS NULL FOR SHARE",
         )
         .bind(job_id)
         .bind(token)
         .fetch_optional(tx.conn())
-        .await?;
-        Ok(held.is_some())
+        .await
+        .map_err(QueueError::from);
+        match held {
+            Ok(held) => Ok(held.is_some()),
+            // The job finished or was cancelled meanwhile: not held (the transaction is
+            // aborted; the caller rolls it back).
+            Err(e) if e.moved_meanwhile() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Records progress of a running stage (fenced; ignored when the job moved on).
@@ -587,14 +409,19 @@ impl JobStore {
         progress: &serde_json::Value,
     ) -> Result<bool, QueueError> {
         let r = sqlx::query(
-            "UPDATE jobs SET progress = $3 WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+            "UPDATE jobs SET progress = $3 WHERE id = $1 AND fencing_token = $2 AND state = 'running' AND finished_at IS NULL",
         )
         .bind(job_id)
         .bind(token)
         .bind(progress)
         .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        .await
+        .map_err(QueueError::from);
+        match r {
+            Ok(r) => Ok(r.rows_affected() == 1),
+            Err(e) if e.moved_meanwhile() => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Re-queues jobs whose lease expired because their worker died, froze or was cut off.
@@ -616,7 +443,7 @@ impl JobStore {
             r#"
             WITH expired AS (
                 SELECT j.id, j.lease_owner FROM jobs j
-                WHERE j.state = 'running' AND j.lease_expires_at < now()
+                WHERE j.state = 'running' AND j.lease_expires_at < now() AND j.finished_at IS NULL
                   AND now() - pg_postmaster_start_time() > make_interval(secs => $4)
                   AND (j.lease_expires_at < now() - make_interval(secs => $5)
                        OR NOT EXISTS (
@@ -653,6 +480,7 @@ impl JobStore {
                     updated_at = now()
                 FROM expired e
                 WHERE j.id = e.id AND j.id = ANY (ARRAY(SELECT id FROM expired))
+                  AND j.finished_at IS NULL
                 RETURNING j.id, j.kind, j.payload, j.state, j.stage, j.attempts, j.fencing_token,
                           j.last_error
             ),
@@ -689,6 +517,10 @@ impl JobStore {
     /// Cancels a queued, retrying or running job. A running job's token is bumped so its worker's
     /// next checkpoint is rejected; the worker is told through NOTIFY and stops the stage.
     pub async fn cancel(&self, job_id: i64, actor: &Actor) -> Result<JobState, QueueError> {
+        super::again_if_moved(|| self.cancel_once(job_id, actor)).await
+    }
+
+    async fn cancel_once(&self, job_id: i64, actor: &Actor) -> Result<JobState, QueueError> {
         let mut tx = self.pool.begin().await?;
         let prev: Option<String> =
             sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
@@ -710,7 +542,7 @@ impl JobStore {
                 UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,
                        fencing_token = fencing_token + 1, finished_at = now(), updated_at = now(),
                        last_error = coalesce(last_error, 'cancelled by ' || $2)
-                WHERE id = $1
+                WHERE id = $1 AND finished_at IS NULL
                 RETURNING id, stage, attempts, fencing_token
             )
             INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id)
@@ -731,39 +563,5 @@ impl JobStore {
         }
         tx.commit().await?;
         Ok(prev)
-    }
-
-    /// Deletes finished jobs and their history past retention, in batches. Returns jobs deleted.
-    pub async fn delete_finished(
-        &self,
-        succeeded_before: DateTime<Utc>,
-        dead_before: DateTime<Utc>,
-        batch: i64,
-    ) -> Result<u64, QueueError> {
-        let n: i64 = sqlx::query_scalar(
-            r#"
-            WITH old AS (
-                -- Oldest first by id: finished history sits at the start of the primary key,
-                -- so no index on finished_at is needed (it would cost every completion a write).
-                SELECT id FROM jobs
-                WHERE finished_at IS NOT NULL
-                  AND ((state IN ('succeeded', 'cancelled') AND finished_at < $1)
-                       OR (state = 'dead' AND finished_at < $2))
-                ORDER BY id
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED
-            ),
-            ev AS (DELETE FROM job_events WHERE job_id IN (SELECT id FROM old)),
-            dl AS (DELETE FROM dead_letters WHERE job_id IN (SELECT id FROM old)),
-            del AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old) RETURNING id)
-            SELECT count(*) FROM del
-            "#,
-        )
-        .bind(succeeded_before)
-        .bind(dead_before)
-        .bind(batch)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n as u64)
     }
 }

@@ -103,6 +103,13 @@ impl Drop for TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
+        let db = TestDb::unmigrated().await;
+        db.pools.migrate().await.expect("migrate");
+        db
+    }
+
+    /// An empty database (no migrations run).
+    pub async fn unmigrated() -> TestDb {
         let name = format!("{}{}", db_prefix(), uuid::Uuid::new_v4().simple());
         let admin_url = with_database(&server_url(), "postgres");
         let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
@@ -124,7 +131,6 @@ impl TestDb {
             .await
             .expect("connect to test database");
         let pools = Pools::from_main(pool.clone(), Duration::from_millis(500));
-        pools.migrate().await.expect("migrate");
         TestDb {
             url,
             name,

@@ -11,6 +11,7 @@ mod etl_failures;
 mod etl_process;
 mod extractors;
 mod helpers;
+mod history;
 mod isolation;
 mod lifecycle;
 mod outage;
