@@ -138,6 +138,19 @@ fn env_value(var: &str, text: &str, like: Option<&Value>) -> Result<Value, Confi
     })
 }
 
+/// Keys an earlier release read, and what replaced them: their error says so instead of
+/// guessing the nearest key.
+const REPLACED: &[(&str, &str)] = &[
+    (
+        "maintenance.succeeded_retention_hours",
+        "history.retention_days (whole days after the day a job finished; ADR 0017)",
+    ),
+    (
+        "maintenance.dead_retention_hours",
+        "history.retention_days (whole days after the day a job finished; ADR 0017)",
+    ),
+];
+
 fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -182,6 +195,9 @@ fn explain(path: &str, message: &str, sources: &Sources) -> String {
         let full = join(path, field);
         let expected: Vec<&str> = rest.split('`').skip(2).step_by(2).collect();
         let from = source_of(sources, &full).unwrap_or_else(|| "the settings".into());
+        if let Some((_, now)) = REPLACED.iter().find(|(old, _)| *old == full) {
+            return format!("unknown key {full} in {from}: it was replaced by {now}");
+        }
         let hint = nearest(field, expected.iter().copied())
             .map(|n| format!("; did you mean {}?", join(path.trim_matches('.'), n)))
             .unwrap_or_else(|| {
@@ -335,6 +351,20 @@ mod tests {
         assert_eq!(s.worker.concurrency, 7);
         assert_eq!(s.api.tokens["deployer"], "0123456789abcdef".into());
         assert_eq!(s.database.url, "postgres://x@127.0.0.1/db");
+    }
+
+    #[test]
+    fn a_replaced_key_names_what_replaced_it() {
+        let env = [(
+            "ETLQ__MAINTENANCE__SUCCEEDED_RETENTION_HOURS".to_string(),
+            "24".to_string(),
+        )];
+        let err = load(None, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("maintenance.succeeded_retention_hours")
+                && err.contains("replaced by history.retention_days"),
+            "{err}"
+        );
     }
 
     #[test]

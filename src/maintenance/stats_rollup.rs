@@ -1,4 +1,4 @@
-//! Rolls `job_events` up into per-minute counts (`job_event_minutes`) once each minute has
+//! Rolls the per-minute deltas (`job_minute_deltas`) up into `job_event_minutes` once each minute has
 //! settled, so the console's overview reads sixty rows instead of an hour of events; folds the
 //! finished-job counts' deltas (`job_counts`) on the same beat.
 

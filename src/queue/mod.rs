@@ -107,7 +107,7 @@ where
     let mut tries = 0;
     loop {
         match op().await {
-            Err(e) if e.moved_meanwhile() && tries < 3 => tries += 1,
+            Err(e) if e.moved_meanwhile() && tries < 5 => tries += 1,
             r => return r,
         }
     }

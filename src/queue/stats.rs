@@ -1,6 +1,7 @@
 //! The overview's figures (`GET /v1/stats`): counts by state and kind, and the last hour
-//! minute by minute from `job_events` — throughput, failures and the queue's depth — read from
-//! the per-minute rollup (`job_event_minutes`) where it has caught up.
+//! minute by minute — throughput, failures and the queue's depth — read from the per-minute
+//! rollup (`job_event_minutes`) where it has caught up and from the deltas the job statements
+//! append (`job_minute_deltas`) for the minutes after it.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde::Serialize;
@@ -56,22 +57,18 @@ const MINUTES: i64 = 60;
 /// Failures listed in `recent_failures`.
 const RECENT_FAILURES: i64 = 10;
 
-/// Per minute of `job_events` from `$1` (inclusive) to `$2` (exclusive): a transition into
+/// Per minute from `$1` (inclusive) to `$2` (exclusive), summed from the deltas the job
+/// statements append (`job_minute_deltas`, migration 20261203000011): a transition into
 /// queued/retrying from anything else is an arrival, one out of them a departure; the depth
 /// curve is rebuilt backwards from today's depth with these. A literal, shared by the
 /// overview (the minutes not rolled up yet) and the rollup.
 macro_rules! minutes_sql {
     () => {
-        "SELECT date_trunc('minute', at) AS minute,
-                count(*) FILTER (WHERE to_state IN ('queued', 'retrying')
-                                   AND coalesce(from_state, '') NOT IN ('queued', 'retrying')) AS arrived,
-                count(*) FILTER (WHERE from_state IN ('queued', 'retrying')
-                                   AND coalesce(to_state, '') NOT IN ('queued', 'retrying')) AS departed,
-                count(*) FILTER (WHERE to_state = 'succeeded') AS succeeded,
-                count(*) FILTER (WHERE event IN ('stage_failed', 'dead')) AS failed,
-                count(*) FILTER (WHERE to_state = 'dead') AS dead
-         FROM job_events
-         WHERE at >= $1 AND at < $2
+        "SELECT minute, sum(arrived)::int8 AS arrived, sum(departed)::int8 AS departed,
+                sum(succeeded)::int8 AS succeeded, sum(failed)::int8 AS failed,
+                sum(dead)::int8 AS dead
+         FROM job_minute_deltas
+         WHERE minute >= $1 AND minute < $2
          GROUP BY 1"
     };
 }
@@ -165,23 +162,32 @@ impl JobStore {
 }
 
 impl JobStore {
-    /// Rolls up the minutes of `job_events` from `from` (at the earliest) to `settled` into
-    /// `job_event_minutes` and forgets rollups older than `from`; returns minutes added.
+    /// Rolls up the minutes from `from` (at the earliest) to `settled` into
+    /// `job_event_minutes`, deletes their deltas, and forgets rollups older than `from`;
+    /// returns minutes added.
     pub async fn roll_up_minutes(
         &self,
         from: DateTime<Utc>,
         settled: DateTime<Utc>,
     ) -> Result<i64, QueueError> {
         let trunc = |t: DateTime<Utc>| t.duration_trunc(Duration::minutes(1)).unwrap_or(t);
+        let mut tx = self.pool.begin().await?;
         let added = sqlx::query_scalar(ROLLUP_SQL)
             .bind(trunc(from))
             .bind(trunc(settled))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
+            .await?;
+        // The settled minutes' deltas are in job_event_minutes now (a delta committed later
+        // than the settle lag is dropped here, as a late event was missed before).
+        sqlx::query("DELETE FROM job_minute_deltas WHERE minute < $1")
+            .bind(trunc(settled))
+            .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM job_event_minutes WHERE minute < $1")
             .bind(trunc(from))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(added)
     }
 }

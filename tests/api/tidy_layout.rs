@@ -161,7 +161,15 @@ fn no_import_circle_between_top_level_modules() {
 const TABLE_OWNERS: &[(&str, &[&str])] = &[
     (
         "queue/",
-        &["jobs", "job_events", "dead_letters", "job_event_minutes"],
+        &[
+            "jobs",
+            "job_events",
+            "dead_letters",
+            "job_event_minutes",
+            "job_minute_deltas",
+            "job_keys",
+            "job_counts",
+        ],
     ),
     ("fleet/", &["workers"]),
     (
