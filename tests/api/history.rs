@@ -520,7 +520,7 @@ async fn claims_racing_finished_jobs_never_fail() {
     for w in 0..6 {
         let store = store.clone();
         claimers.push(tokio::spawn(async move {
-            let actor = etlq::queue::Actor::new(&format!("w{w}"), "v1");
+            let actor = etlq::queue::Actor::new(format!("w{w}"), "v1");
             let kinds = vec!["noop".to_string()];
             let mut done = 0;
             loop {
