@@ -581,17 +581,7 @@ async fn datasets_list_show_diff_and_rollback_over_rest_with_a_token() {
     })
     .await;
     let base = app.url("");
-    let client = reqwest::Client::builder()
-        .default_headers(
-            [(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {TOKEN}").parse().unwrap(),
-            )]
-            .into_iter()
-            .collect(),
-        )
-        .build()
-        .unwrap();
+    let client = crate::helpers::bearer_client(TOKEN);
     let v1 = crate::datasets::promote(&client, &base, "BU-Q", crate::datasets::V1).await;
     let v2 = crate::datasets::promote(&client, &base, "BU-Q", crate::datasets::V2).await;
     let run = |args: &[&str], token: Option<&str>| {

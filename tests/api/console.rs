@@ -41,17 +41,7 @@ async fn console_app() -> TestApp {
 
 /// A REST client that sends the console's token.
 fn token_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .default_headers(
-            [(
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {TOKEN}").parse().unwrap(),
-            )]
-            .into_iter()
-            .collect(),
-        )
-        .build()
-        .unwrap()
+    crate::helpers::bearer_client(TOKEN)
 }
 
 async fn use_token(b: &Browser) {

@@ -353,19 +353,10 @@ async fn kill_9_during_a_rollback_leaves_exactly_one_effect() {
         async move { c.post(u).json(&b).send().await }
     });
     // Inside the transaction: its rows written, not committed.
-    wait_for(
-        Duration::from_secs(20),
+    crate::helpers::wait_open_transaction(
+        &db.pool,
+        "%INSERT INTO audit_log%",
         "the rollback to hold its transaction",
-        || async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-               AND state = 'idle in transaction' AND query LIKE '%INSERT INTO audit_log%'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .ok()?;
-            (n == 1).then_some(())
-        },
     )
     .await;
     a.signal("KILL");

@@ -483,3 +483,35 @@ pub async fn stage_names(pool: &PgPool, job_id: i64) -> Vec<String> {
         .map(|r| r.0)
         .collect()
 }
+
+/// A REST client that sends `token` as its bearer token on every request.
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Waits until a connection to this test's database holds a transaction open after a
+/// statement whose text matches `like` (a kill -9 test's "inside the transaction").
+pub async fn wait_open_transaction(pool: &PgPool, like: &str, what: &str) {
+    wait_for(Duration::from_secs(20), what, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+               AND state = 'idle in transaction' AND query LIKE $1",
+        )
+        .bind(like)
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (n >= 1).then_some(())
+    })
+    .await;
+}

@@ -336,19 +336,10 @@ async fn a_kill_9_in_the_middle_of_a_move_loses_and_duplicates_nothing() {
         .map(|e| e.job_id)
         .collect();
     // Inside the move: the statement ran, its transaction is open.
-    wait_for(
-        Duration::from_secs(20),
+    crate::helpers::wait_open_transaction(
+        &db.pool,
+        "%UPDATE jobs j%to_state%",
         "a finishing statement to hold its transaction",
-        || async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                   AND state = 'idle in transaction' AND query LIKE '%UPDATE jobs j%to_state%'",
-            )
-            .fetch_one(&db.pool)
-            .await
-            .ok()?;
-            (n >= 1).then_some(())
-        },
     )
     .await;
     a.signal("KILL");
