@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
 use super::{
-    Actor, CANCEL_CHANNEL, ClaimedJob, JobState, QueueError, RescueRules, Rescued, Transition,
-    TransitionEvent,
+    Actor, CANCEL_CHANNEL, ClaimedJob, JobState, QueueError, RescuePass, RescueRules, Rescued,
+    Transition, TransitionEvent,
 };
 use crate::db::{Pools, Tx};
 
@@ -76,6 +77,13 @@ impl JobStore {
     pub async fn ping(&self) -> Result<(), QueueError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// The database's clock: the one every lease, rescue and schedule decision is made by.
+    pub async fn clock(&self) -> Result<DateTime<Utc>, QueueError> {
+        Ok(sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Claims up to `limit` claimable jobs for `actor`, highest priority and earliest `run_at` first.
@@ -452,20 +460,41 @@ impl JobStore {
         rules: &RescueRules,
         limit: i64,
     ) -> Result<Rescued, QueueError> {
-        super::again_if_moved(|| self.rescue_expired_once(actor, rules, limit)).await
+        Ok(self.rescue_pass(actor, rules, limit, None).await?.rescued)
     }
 
-    async fn rescue_expired_once(
+    /// `rescue_expired` as one pass of a rescuer that ran its previous pass at `previous`
+    /// (the `at` it returned). When the two are more than `rules.stall` apart, PostgreSQL or
+    /// this process stood still in between: every owner's renewals and heartbeats waited as
+    /// well and are landing now, in whatever order, so nothing is rescued and the caller
+    /// gives the owners its grace — as after a reconnect.
+    pub async fn rescue_pass(
         &self,
         actor: &Actor,
         rules: &RescueRules,
         limit: i64,
-    ) -> Result<Rescued, QueueError> {
-        let (requeued, dead): (i64, i64) = sqlx::query_as(
+        previous: Option<DateTime<Utc>>,
+    ) -> Result<RescuePass, QueueError> {
+        super::again_if_moved(|| self.rescue_statement(actor, rules, limit, previous)).await
+    }
+
+    async fn rescue_statement(
+        &self,
+        by: &Actor,
+        rules: &RescueRules,
+        limit: i64,
+        previous_pass: Option<DateTime<Utc>>,
+    ) -> Result<RescuePass, QueueError> {
+        let (requeued, dead, at, stalled): (i64, i64, DateTime<Utc>, bool) = sqlx::query_as(
             r#"
-            WITH expired AS (
+            WITH pass AS (
+                SELECT coalesce(now() - $7::timestamptz > make_interval(secs => $8), false)
+                       AS stalled
+            ),
+            expired AS (
                 SELECT j.id, j.lease_owner FROM jobs j
                 WHERE j.state = 'running' AND j.lease_expires_at < now() AND j.finished_at IS NULL
+                  AND NOT (SELECT stalled FROM pass)
                   AND now() - pg_postmaster_start_time() > make_interval(secs => $4)
                   AND (j.lease_expires_at < now() - make_interval(secs => $5)
                        OR NOT EXISTS (
@@ -518,21 +547,28 @@ impl JobStore {
                        last_error
                 FROM upd WHERE state = 'dead'
             )
-            SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead')
+            SELECT count(*) FILTER (WHERE state = 'queued'), count(*) FILTER (WHERE state = 'dead'),
+                   now(), (SELECT stalled FROM pass)
             FROM upd
             "#,
         )
         .bind(limit)
-        .bind(&actor.id)
-        .bind(&actor.version)
+        .bind(&by.id)
+        .bind(&by.version)
         .bind(secs(rules.grace))
         .bind(secs(rules.overdue))
         .bind(rules.max_streak)
+        .bind(previous_pass)
+        .bind(secs(rules.stall))
         .fetch_one(&self.pool)
         .await?;
-        Ok(Rescued {
-            requeued: requeued as u64,
-            dead: dead as u64,
+        Ok(RescuePass {
+            rescued: Rescued {
+                requeued: requeued as u64,
+                dead: dead as u64,
+            },
+            at,
+            stalled,
         })
     }
 

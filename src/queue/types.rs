@@ -96,6 +96,11 @@ pub struct RescueRules {
     /// Rescues of one job in a row, without its worker ever reporting back, before it is
     /// dead-lettered as a poison pill.
     pub max_streak: i32,
+    /// Two passes of one rescuer further apart than this on the database's clock mean
+    /// PostgreSQL or the rescuer's process stood still in between (a stalled disk, a
+    /// failover, a paused VM). The owners stood still too and their renewals are still on
+    /// their way, so that pass rescues nothing (`JobStore::rescue_pass`).
+    pub stall: Duration,
 }
 
 /// What one rescue pass did.
@@ -109,6 +114,15 @@ impl Rescued {
     pub fn total(&self) -> u64 {
         self.requeued + self.dead
     }
+}
+
+/// One pass of a rescuer: what it did, when (the database's clock), and whether it found a
+/// stall since the previous pass and so rescued nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct RescuePass {
+    pub rescued: Rescued,
+    pub at: DateTime<Utc>,
+    pub stalled: bool,
 }
 
 /// Longest delay accepted on enqueue (one year): `run_at` must stay a real timestamp.

@@ -264,6 +264,7 @@ pub async fn spawn_app_on(
     role: Role,
     tweak: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    log_warnings();
     let mut settings = test_settings(&db.url);
     tweak(&mut settings);
     let shutdown = CancellationToken::new();
@@ -277,6 +278,18 @@ pub async fn spawn_app_on(
         shutdown,
         app: Some(app),
     }
+}
+
+/// In-process apps log their warnings to the test's captured output, which the runner shows
+/// when the test fails: a lost lease or a failed heartbeat is then in the report, not guessed.
+pub fn log_warnings() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("warn,sqlx=error"))
+            .with_test_writer()
+            .try_init();
+    });
 }
 
 /// A real `etlq` process. Killed on drop.

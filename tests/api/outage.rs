@@ -367,3 +367,136 @@ async fn an_outage_longer_than_the_lease_costs_live_workers_nothing() {
         "the surviving worker exited"
     );
 }
+
+/// Every process of a cluster stopped (SIGSTOP) until dropped: PostgreSQL frozen, as by a
+/// stalled disk or a paused VM — connections stay open and statements wait.
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn freeze(cluster: &Cluster) -> Frozen {
+        let pid_file = cluster.dir.path().join("data/postmaster.pid");
+        let postmaster = std::fs::read_to_string(pid_file).unwrap();
+        let postmaster = postmaster.lines().next().unwrap().trim().to_string();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .unwrap();
+        let mut pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        pids.push(postmaster);
+        let frozen = Frozen(pids);
+        frozen.signal("STOP");
+        frozen
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .args(&self.0)
+            .status();
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.signal("CONT");
+    }
+}
+
+/// PostgreSQL freezes for longer than the lease with the whole fleet waiting on it. When it
+/// thaws, every statement queued meanwhile runs at once: a rescue that ran before the
+/// owners' renewals took jobs from workers that never stopped (a full suite on a loaded
+/// machine once rescued 30 that way). The rescuers see the pause between their own passes
+/// and give the owners the reconnect grace instead.
+///
+/// In-process workers sharing one set of pools, as in `queue::several_workers_…`: after the
+/// thaw their renewals and heartbeats queue for two control connections while the rescuers
+/// have the main pool — the order that lost the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_postgres_costs_live_workers_nothing() {
+    log_warnings();
+    let cluster = Cluster::start();
+    let (pool, store) = cluster.connect().await;
+    let pools = etlq::db::Pools::from_main(
+        PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&cluster.url())
+            .await
+            .unwrap(),
+        Duration::from_millis(500),
+    );
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut settings = test_settings(&cluster.url());
+        settings.worker.fetch_batch = 7;
+        let app = etlq::startup::Application::build_with_pools(
+            settings,
+            etlq::startup::Role::Worker,
+            pools.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("app starts");
+        fleet.push((shutdown, app));
+    }
+    // Jobs flowing through the fleet when PostgreSQL freezes.
+    let n = 2000;
+    store
+        .enqueue_many(&vec![NewJob::new("test", json!({})); n])
+        .await
+        .unwrap();
+    let done = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the fleet to be under way",
+        || async { (done(pool.clone()).await >= 200).then_some(()) },
+    )
+    .await;
+
+    // 2.5 s: past every lease (1.5 s, test settings), short of the 3 s after which an owner
+    // that heartbeats without renewing counts as gone. Time passing is the subject (no
+    // database clock to read while it is frozen).
+    let frozen = Frozen::freeze(&cluster);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    drop(frozen);
+
+    wait_for(Duration::from_secs(120), "every job to succeed", || async {
+        (done(pool.clone()).await == n as i64).then_some(())
+    })
+    .await;
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM job_events WHERE event = 'rescued'").await,
+        0,
+        "jobs were rescued from live workers"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM jobs WHERE attempts <> 1").await,
+        0,
+        "an attempt was consumed by the freeze"
+    );
+    let runs = count("SELECT count(*) FROM test_stage_runs").await;
+    assert_eq!(runs, 3 * n as i64, "each stage ran once");
+    for (shutdown, app) in fleet {
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), app.wait())
+            .await
+            .expect("app stops within 30 s");
+    }
+}

@@ -44,6 +44,7 @@ fn rules() -> RescueRules {
         grace: Duration::ZERO,
         overdue: Duration::from_secs(60),
         max_streak: 2,
+        stall: Duration::from_secs(60),
     }
 }
 
