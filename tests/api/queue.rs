@@ -527,6 +527,21 @@ async fn several_workers_run_thousands_of_jobs_each_stage_exactly_once() {
         count("SELECT count(DISTINCT job_id) FROM job_events WHERE event = 'claimed'").await;
     assert_eq!(overlapping, 0);
     assert_eq!(claimed_jobs, n);
+    // The overview's per-minute figures, kept by the statement trigger over batched claims
+    // and completions (rolled up or not yet): every job arrived, left the queue, succeeded.
+    let minutes: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        r#"
+        SELECT sum(arrived)::int8, sum(departed)::int8, sum(succeeded)::int8,
+               sum(failed)::int8, sum(dead)::int8
+        FROM (SELECT arrived, departed, succeeded, failed, dead FROM job_minute_deltas
+              UNION ALL
+              SELECT arrived, departed, succeeded, failed, dead FROM job_event_minutes) m
+        "#,
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(minutes, (n, n, n, 0, 0));
     // The work was really shared.
     let workers: i64 = sqlx::query_scalar("SELECT count(DISTINCT worker_id) FROM test_stage_runs")
         .fetch_one(&db.pool)
