@@ -36,32 +36,41 @@ SELECT date_trunc('minute', at),
                       now() - interval '61 minutes')
  GROUP BY 1;
 
-CREATE OR REPLACE FUNCTION etlq_count_finished() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A trigger of its own beside etlq_count_finished (which keeps the per-day counts): both read
+-- the statement's transition tables, which PostgreSQL captures once for the two. Each row's
+-- old and new state are paired by grouping the union of the two tables by id (a statement
+-- updates a row once), not by joining them: transition tables have no statistics, and the
+-- join over each claim's and completion's few hundred rows was the worker's largest cost —
+-- the queue benchmark (50,000 no-op jobs, concurrency 1000, batch 500, local cluster)
+-- processed 17,068-19,509 jobs/s with it, 24,771-25,825 grouped, 24,268-26,678 with no
+-- minute deltas at all.
+CREATE FUNCTION etlq_count_minutes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO job_counts (day, kind, state, n)
-    SELECT x.day, x.kind, x.state, sum(x.d)
-      FROM (SELECT (finished_at AT TIME ZONE 'UTC')::date AS day, kind, state, 1 AS d
-              FROM new_rows WHERE finished_at IS NOT NULL
-            UNION ALL
-            SELECT (finished_at AT TIME ZONE 'UTC')::date, kind, state, -1
-              FROM old_rows WHERE finished_at IS NOT NULL) x
-     GROUP BY 1, 2, 3
-    HAVING sum(x.d) <> 0;
     INSERT INTO job_minute_deltas (minute, arrived, departed, succeeded, failed, dead)
     SELECT date_trunc('minute', now()),
-           count(*) FILTER (WHERE n.state IN ('queued', 'retrying')
-                              AND o.state NOT IN ('queued', 'retrying')),
-           count(*) FILTER (WHERE o.state IN ('queued', 'retrying')
-                              AND n.state NOT IN ('queued', 'retrying')),
-           count(*) FILTER (WHERE n.state = 'succeeded'),
-           count(*) FILTER (WHERE o.state = 'running'
-                              AND (n.state = 'retrying' OR (n.state = 'dead' AND n.rescue_streak = 0))),
-           count(*) FILTER (WHERE n.state = 'dead')
-      FROM old_rows o JOIN new_rows n ON n.id = o.id
-     WHERE o.state <> n.state
+           count(*) FILTER (WHERE t.ns IN ('queued', 'retrying')
+                              AND t.os NOT IN ('queued', 'retrying')),
+           count(*) FILTER (WHERE t.os IN ('queued', 'retrying')
+                              AND t.ns NOT IN ('queued', 'retrying')),
+           count(*) FILTER (WHERE t.ns = 'succeeded'),
+           count(*) FILTER (WHERE t.os = 'running'
+                              AND (t.ns = 'retrying' OR (t.ns = 'dead' AND t.streak = 0))),
+           count(*) FILTER (WHERE t.ns = 'dead')
+      FROM (SELECT u.id, max(u.state) FILTER (WHERE u.side = 0) AS os,
+                   max(u.state) FILTER (WHERE u.side = 1) AS ns,
+                   max(u.rescue_streak) FILTER (WHERE u.side = 1) AS streak
+              FROM (SELECT id, state, rescue_streak, 0 AS side FROM old_rows
+                    UNION ALL
+                    SELECT id, state, rescue_streak, 1 FROM new_rows) u
+             GROUP BY u.id) t
+     WHERE t.os <> t.ns
     HAVING count(*) > 0;
     RETURN NULL;
 END $$;
+
+CREATE TRIGGER jobs_count_minutes AFTER UPDATE ON jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION etlq_count_minutes();
 
 CREATE FUNCTION etlq_count_arrivals() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
