@@ -65,7 +65,7 @@ fn start_worker(
 }
 
 async fn truncate(pool: &PgPool) {
-    sqlx::query("TRUNCATE jobs, job_events, dead_letters, workers, job_keys, job_counts")
+    sqlx::query("TRUNCATE jobs, job_event_log, dead_letters, workers, job_keys, job_counts")
         .execute(pool)
         .await
         .unwrap();
@@ -92,12 +92,18 @@ async fn main() {
     let mut enqueue_rates = Vec::new();
     let mut process_rates = Vec::new();
     let mut wal_per_job = Vec::new();
+    let mut wal_non_fpi = Vec::new();
     for run in 1..=runs {
         truncate(&pool).await;
         let t = Instant::now();
         store.enqueue_many(&noop).await.unwrap();
         let enq = jobs as f64 / t.elapsed().as_secs_f64();
 
+        // As the peers' kit does before each phase: fresh statistics and a checkpoint, so the
+        // WAL counted includes the full-page images a real run writes after each checkpoint.
+        for sql in ["ANALYZE", "CHECKPOINT"] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
         let commits =
             "SELECT xact_commit::float8 FROM pg_stat_database WHERE datname = current_database()";
         let c0: f64 = sqlx::query_scalar(commits).fetch_one(&pool).await.unwrap();
@@ -121,6 +127,11 @@ async fn main() {
                 .await
                 .unwrap();
         let c1: f64 = sqlx::query_scalar(commits).fetch_one(&pool).await.unwrap();
+        let lsn1: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let split = wal_split(&pool, &lsn0, &lsn1).await;
         stop.cancel();
         handle.await.unwrap();
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
@@ -133,11 +144,16 @@ async fn main() {
             .unwrap();
         assert_eq!(done as usize, jobs, "every job succeeded");
         let proc_rate = jobs as f64 / elapsed;
+        let non_fpi = split.map(|(_, rec)| rec / jobs as f64);
         println!(
-            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job, {:.3} commits/job",
+            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job ({} without full-page images), {:.3} commits/job",
             wal / jobs as f64,
+            non_fpi.map_or("?".into(), |b| format!("{b:.0} B")),
             (c1 - c0) / jobs as f64
         );
+        if let Some(b) = non_fpi {
+            wal_non_fpi.push(b);
+        }
         enqueue_rates.push(enq);
         process_rates.push(proc_rate);
         wal_per_job.push(wal / jobs as f64);
@@ -213,7 +229,15 @@ async fn main() {
         percentile(&mut lat, 0.5),
         percentile(&mut lat, 0.99)
     );
-    println!("| WAL per processed job | {:.0} B |", median(wal_per_job));
+    println!(
+        "| WAL per processed job (without full-page images) | {:.0} B ({}) |",
+        median(wal_per_job),
+        if wal_non_fpi.is_empty() {
+            "? — pg_waldump could not read the server's pg_wal".to_string()
+        } else {
+            format!("{:.0} B", median(wal_non_fpi))
+        }
+    );
     println!(
         "(pickup latency by step, p50 from the enqueue call: the call returned at {:.2} ms, \
          a listening connection heard the wake-up at {:.2} ms, the stage started at {:.2} ms; \
@@ -223,4 +247,45 @@ async fn main() {
         percentile(&mut lat, 0.5),
         percentile(&mut rtt, 0.5)
     );
+}
+
+/// The WAL between two LSNs as (records, bytes without full-page images), from `pg_waldump
+/// --stats` over the server's own pg_wal (as the peers' kit splits it); None when this
+/// machine cannot read it (another host, no pg_waldump).
+async fn wal_split(pool: &PgPool, from: &str, to: &str) -> Option<(f64, f64)> {
+    let dir: String = sqlx::query_scalar("SELECT current_setting('data_directory')")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    let version: String = sqlx::query_scalar("SELECT current_setting('server_version_num')")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    let major = version.get(..2)?;
+    let waldump = [
+        "pg_waldump".to_string(),
+        format!("/usr/lib/postgresql/{major}/bin/pg_waldump"),
+    ];
+    let out = waldump.iter().find_map(|bin| {
+        std::process::Command::new(bin)
+            .args([
+                "--stats",
+                "-p",
+                &format!("{dir}/pg_wal"),
+                "-s",
+                from,
+                "-e",
+                to,
+            ])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let total = text.lines().find(|l| l.starts_with("Total"))?;
+    let mut nums = total.split_whitespace().skip(1);
+    let records: f64 = nums.next()?.parse().ok()?;
+    let bytes: f64 = nums.next()?.parse().ok()?;
+    Some((records, bytes))
 }

@@ -42,7 +42,7 @@ async fn sizes(pool: &PgPool) -> String {
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT p.relname::text, sum(pg_relation_size(c.oid))::int8, sum(pg_indexes_size(c.oid))::int8
            FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
-          WHERE p.relname IN ('jobs', 'job_events') GROUP BY 1
+          WHERE p.relname IN ('jobs', 'job_event_log') GROUP BY 1
          UNION ALL
          SELECT 'jobs_live', pg_relation_size('jobs_live'), pg_indexes_size('jobs_live')
          ORDER BY 1",
@@ -65,11 +65,11 @@ async fn sizes(pool: &PgPool) -> String {
 async fn dead_tuples(pool: &PgPool) -> (i64, i64, i64) {
     sqlx::query_as(
         "SELECT coalesce(sum(s.n_dead_tup) FILTER (WHERE p.relname = 'jobs'), 0)::bigint,
-                coalesce(sum(s.n_dead_tup) FILTER (WHERE p.relname = 'job_events'), 0)::bigint,
+                coalesce(sum(s.n_dead_tup) FILTER (WHERE p.relname = 'job_event_log'), 0)::bigint,
                 coalesce(sum(s.autovacuum_count), 0)::bigint
            FROM pg_stat_user_tables s JOIN pg_inherits i ON i.inhrelid = s.relid
            JOIN pg_class p ON p.oid = i.inhparent
-          WHERE p.relname IN ('jobs', 'job_events')",
+          WHERE p.relname IN ('jobs', 'job_event_log')",
     )
     .fetch_one(pool)
     .await
@@ -142,7 +142,7 @@ async fn main() {
     );
     // Queued work no worker here runs (a kind of another deployment's).
     enqueue(&store, "parked", parked).await;
-    sqlx::query("VACUUM ANALYZE jobs, job_events")
+    sqlx::query("VACUUM ANALYZE jobs, job_event_log")
         .execute(&pool)
         .await
         .unwrap();

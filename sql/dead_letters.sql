@@ -1,7 +1,7 @@
 -- Open dead letters, newest first, with the job's last error and history length.
 SELECT d.job_id, d.kind, d.bu_id, d.connector, d.failed_stage, d.attempts, d.dead_at,
        left(d.reason, 200) AS reason,
-       (SELECT count(*) FROM job_events e WHERE e.job_id = d.job_id) AS events
+       (SELECT count(*) FROM job_events t WHERE t.job_id = d.job_id) AS events
 FROM dead_letters d
 WHERE d.retried_at IS NULL
 ORDER BY d.dead_at DESC

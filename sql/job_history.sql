@@ -5,9 +5,9 @@
 \set job_id 0
 \echo 'no -v job_id=N given: showing the most recent job'
 \endif
-SELECT t.event_id, t.at, t.event, t.from_state, t.to_state, t.stage, t.attempt,
+SELECT t.seq, t.event_id, t.at, t.event, t.from_state, t.to_state, t.stage, t.attempt,
        t.worker_id, t.worker_version, round(t.stage_duration_ms::numeric, 1) AS stage_ms,
        t.since_previous_ms, t.error
 FROM job_timeline t
 WHERE t.job_id = CASE WHEN :job_id = 0 THEN (SELECT max(id) FROM jobs) ELSE :job_id END
-ORDER BY t.event_id;
+ORDER BY t.seq;

@@ -92,7 +92,7 @@ const RETRY_SQL: &str = r#"
         RETURNING j.id, j.stage, j.attempts, j.fencing_token
     ),
     ev AS (
-        INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id, error)
+        INSERT INTO job_event_log (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id, error)
         SELECT id, 'retried', 'dead', 'queued', stage, attempts, fencing_token, $7,
                CASE WHEN $6 THEN 'retry from start' ELSE 'retry from checkpoint' END
         FROM upd

@@ -40,25 +40,14 @@ impl JobStore {
                 OVERRIDING SYSTEM VALUE
                 SELECT k.job_id, $1, $2, $3, $4, $5, now() + make_interval(secs => $6) FROM k
                 RETURNING id
-            ),
-            ev AS (
-                INSERT INTO job_events (job_id, event, to_state)
-                SELECT id, 'enqueued', 'queued' FROM ins
             )
             SELECT id FROM ins
             "#
         } else {
             r#"
-            WITH ins AS (
-                INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at)
-                VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
-                RETURNING id
-            ),
-            ev AS (
-                INSERT INTO job_events (job_id, event, to_state)
-                SELECT id, 'enqueued', 'queued' FROM ins
-            )
-            SELECT id FROM ins
+            INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at)
+            VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+            RETURNING id
             "#
         };
         let id: Option<i64> = sqlx::query_scalar(sql)
@@ -132,14 +121,16 @@ impl JobStore {
                 RETURNING key, job_id
             ),
             ins AS (
-                INSERT INTO jobs (id, kind, payload, idempotency_key, max_attempts)
+                -- Its `enqueued` event names the source's actor, so it is an event (the
+                -- row's own enqueue, enqueued_in_row, has none: ADR 0018).
+                INSERT INTO jobs (id, kind, payload, idempotency_key, max_attempts, enqueued_in_row)
                 OVERRIDING SYSTEM VALUE
-                SELECT i.id, i.kind, i.payload::jsonb, i.key, i.max_attempts
+                SELECT i.id, i.kind, i.payload::jsonb, i.key, i.max_attempts, false
                 FROM input i JOIN k ON k.job_id = i.id ORDER BY i.ord
                 RETURNING id, idempotency_key
             ),
             ev AS (
-                INSERT INTO job_events (job_id, event, to_state, worker_id, worker_version)
+                INSERT INTO job_event_log (job_id, event, to_state, worker_id, worker_version)
                 SELECT id, 'enqueued', 'queued', $5, $6 FROM ins
             )
             SELECT id, idempotency_key, true FROM ins
@@ -168,7 +159,8 @@ impl JobStore {
             .collect()
     }
 
-    /// Enqueues many jobs in one statement (and one `job_events` statement), in input order.
+    /// Enqueues many jobs in one statement, in input order. The `enqueued` transition is the
+    /// row itself (`created_at`, read by the `job_events` view; ADR 0018).
     pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, QueueError> {
         for j in jobs {
             j.check()?;
@@ -211,10 +203,6 @@ impl JobStore {
                 FROM input WHERE key IS NULL OR id IN (SELECT job_id FROM k)
                 ORDER BY ord
                 RETURNING id
-            ),
-            ev AS (
-                INSERT INTO job_events (job_id, event, to_state)
-                SELECT id, 'enqueued', 'queued' FROM ins
             )
             SELECT id, ord FROM input WHERE key IS NULL OR id IN (SELECT job_id FROM k)
             "#,

@@ -161,14 +161,24 @@ impl JobStore {
             upd AS (
                 UPDATE jobs j SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,
                        fencing_token = j.fencing_token + 1, finished_at = now(), updated_at = now(),
-                       last_error = coalesce(j.last_error, 'cancelled by ' || $7)
+                       last_error = coalesce(j.last_error, 'cancelled by ' || $7),
+                       ran_by = coalesce(j.lease_owner, j.ran_by)
                 FROM target t
                 WHERE j.id = t.id AND j.finished_at IS NULL
-                RETURNING j.id, j.stage, j.attempts, j.fencing_token, t.prev
+                RETURNING j.id, j.stage, j.attempts, j.fencing_token, t.prev, j.started_at,
+                          j.first_claim_in_row, j.ran_by
             ),
             ev AS (
-                INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id)
-                SELECT id, 'cancelled', prev, 'cancelled', stage, attempts, fencing_token, $7 FROM upd
+                -- A running job's first claim kept in the row (ADR 0018) is written out first.
+                INSERT INTO job_event_log (at, job_id, event, from_state, to_state, stage, attempt,
+                                        fencing_token, worker_id, worker_version)
+                SELECT started_at, id, 'claimed', 'queued', 'running', NULL, 1, fencing_token - 1,
+                       ran_by, (SELECT w.version FROM workers w WHERE w.id = upd.ran_by)
+                FROM upd WHERE first_claim_in_row AND prev = 'running'
+                UNION ALL
+                SELECT now(), id, 'cancelled', prev, 'cancelled', stage, attempts, fencing_token,
+                       $7, NULL
+                FROM upd
             )
             SELECT id, prev FROM upd ORDER BY id
             "#

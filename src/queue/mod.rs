@@ -1,4 +1,4 @@
-//! The job store: the only owner of `jobs`, `job_events` and `dead_letters`. Every SQL
+//! The job store: the only owner of `jobs`, `job_events` (`job_event_log`) and `dead_letters`. Every SQL
 //! statement that reads or moves a job lives under this module.
 
 mod backoff;

@@ -15,10 +15,13 @@ impl JobStore {
 
     pub async fn events(&self, job_id: i64) -> Result<Vec<JobEvent>, QueueError> {
         Ok(
-            sqlx::query_as::<_, JobEvent>("SELECT * FROM job_events WHERE job_id = $1 ORDER BY id")
-                .bind(job_id)
-                .fetch_all(&self.pool)
-                .await?,
+            // Events and the transitions kept in the job's row (ADR 0018), in order.
+            sqlx::query_as::<_, JobEvent>(
+                "SELECT * FROM job_events WHERE job_id = $1 ORDER BY at, id NULLS FIRST",
+            )
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?,
         )
     }
 

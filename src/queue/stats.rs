@@ -140,7 +140,7 @@ impl JobStore {
         let recent_failures = sqlx::query_as(
             r#"
             SELECT e.job_id, j.kind, e.at, e.event, e.stage, e.error
-            FROM job_events e JOIN jobs j ON j.id = e.job_id
+            FROM job_event_log e JOIN jobs j ON j.id = e.job_id
             WHERE e.at >= $1 AND e.event IN ('stage_failed', 'dead') -- job_events_failures_idx
             ORDER BY e.at DESC
             LIMIT $2

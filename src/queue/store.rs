@@ -13,7 +13,7 @@ use super::{
 };
 use crate::db::{Pools, Tx};
 
-/// The PostgreSQL job store: the only owner of `jobs`, `job_events` and `dead_letters`.
+/// The PostgreSQL job store: the only owner of `jobs`, `job_events` (`job_event_log`) and `dead_letters`.
 /// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct JobStore {
@@ -114,10 +114,15 @@ impl JobStore {
                 -- best of them: queued jobs of kinds this process does not run are never read.
                 -- Rows locked here and cut by the outer LIMIT are free again at commit.
                 SELECT p.id, p.prev_state, p.due_at,
+                       -- A job's first claim is kept in its row (started_at, lease_owner);
+                       -- any later one writes its `claimed` event (ADR 0018).
+                       (p.first_claim_in_row AND p.started_at IS NULL) AS first_claim,
                        row_number() OVER (ORDER BY p.priority, p.due_at, p.id) AS ord
                 FROM unnest($5::text[]) AS k(kind)
                 CROSS JOIN LATERAL (
-                    SELECT id, state AS prev_state, run_at AS due_at, priority FROM jobs
+                    SELECT id, state AS prev_state, run_at AS due_at, priority, started_at,
+                           first_claim_in_row
+                    FROM jobs
                     WHERE kind = k.kind AND state IN ('queued', 'retrying') AND run_at <= now()
                       AND finished_at IS NULL -- jobs_live only
                     ORDER BY priority, run_at, id
@@ -132,21 +137,22 @@ impl JobStore {
                 SET state = 'running', attempts = j.attempts + 1, lease_owner = $2,
                     lease_expires_at = now() + make_interval(secs => $3),
                     fencing_token = j.fencing_token + 1,
-                    started_at = coalesce(j.started_at, now()), updated_at = now()
+                    started_at = coalesce(j.started_at, now()), updated_at = now(),
+                    first_claim_in_row = picked.first_claim
                 FROM picked
                 -- The ANY keeps the plan on the primary key; a bare join to the CTE hash-joins
                 -- against a scan of the whole table, which grows with history.
                 WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT id FROM picked))
                   AND j.finished_at IS NULL
                 RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempts, j.max_attempts,
-                          j.fencing_token, j.stage, picked.prev_state, picked.ord,
+                          j.fencing_token, j.stage, picked.prev_state, picked.ord, picked.first_claim,
                           extract(epoch FROM now() - picked.due_at)::float8 AS waited_s
             ),
             ev AS (
-                INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt,
+                INSERT INTO job_event_log (job_id, event, from_state, to_state, stage, attempt,
                                         fencing_token, worker_id, worker_version)
                 SELECT id, 'claimed', prev_state, 'running', stage, attempts, fencing_token, $2, $4
-                FROM claimed
+                FROM claimed WHERE NOT first_claim
             )
             SELECT id, kind, payload, checkpoint, attempts, max_attempts, fencing_token, waited_s
             FROM claimed ORDER BY ord
@@ -260,26 +266,43 @@ impl JobStore {
                     lease_expires_at = CASE WHEN i.to_state = 'running' THEN j.lease_expires_at END,
                     finished_at = CASE WHEN i.to_state IN ('succeeded', 'dead') THEN now() END,
                     progress = CASE WHEN i.to_state = 'running' THEN j.progress END,
+                    -- The happy path in the row (ADR 0018): the stage that finished the job,
+                    -- and who ran the attempt, read by the job_events view.
+                    final_stage = CASE WHEN i.to_state = 'succeeded' THEN i.stage
+                                       ELSE j.final_stage END,
+                    final_stage_ms = CASE WHEN i.to_state = 'succeeded' THEN i.duration_ms
+                                          ELSE j.final_stage_ms END,
+                    ran_by = CASE WHEN i.to_state = 'running' THEN j.ran_by ELSE j.lease_owner END,
+                    ran_version = CASE WHEN i.to_state = 'running' THEN j.ran_version ELSE $14 END,
                     -- The worker came back with a verdict: it did not die in this stage.
                     rescue_streak = 0,
                     updated_at = now()
                 FROM input i
                 -- "Still running" is tested as `lease_owner IS NOT NULL` (equivalent by a CHECK
-                -- constraint) so the planner drives the join from the input through the primary
-                -- key instead of matching every input row against the partial lease index.
-                -- `finished_at IS NULL` keeps the plan on jobs_live; a job that finishes here
-                -- moves to its day's partition in this statement.
-                WHERE j.id = i.id AND j.fencing_token = i.token AND j.lease_owner IS NOT NULL
-                  AND j.finished_at IS NULL
+                -- constraint), and in a form that names the input row, so it is checked on the
+                -- joined pair and not estimated on jobs_live alone: analysed while a backlog
+                -- waited and nothing ran, lease_owner looked always NULL, the planner expected
+                -- one running job, and every completion scanned jobs_live once per input row
+                -- (400 ms a batch of 500). `finished_at IS NULL` keeps the plan on jobs_live; a
+                -- job that finishes here moves to its day's partition in this statement.
+                WHERE j.id = i.id AND j.fencing_token = i.token AND j.finished_at IS NULL
+                  AND (j.lease_owner IS NOT NULL OR i.id IS NULL)
                 RETURNING j.id, j.kind, j.payload, j.attempts, i.event, i.to_state, i.stage,
-                          i.error, i.attempt, i.duration_ms, i.token
+                          i.error, i.attempt, i.duration_ms, i.token, j.started_at,
+                          j.first_claim_in_row
             ),
             ev AS (
-                INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt,
+                -- The stage that finished the job is kept in its row. A first attempt that
+                -- ends otherwise writes out its claim, which the row held (ADR 0018).
+                INSERT INTO job_event_log (at, job_id, event, from_state, to_state, stage, attempt,
                                         fencing_token, worker_id, worker_version, duration_ms, error)
-                SELECT id, event, 'running', to_state, stage, attempt, token, $13, $14,
+                SELECT started_at, id, 'claimed', 'queued', 'running', NULL, 1, token, $13, $14,
+                       NULL, NULL
+                FROM upd WHERE to_state NOT IN ('running', 'succeeded') AND first_claim_in_row
+                UNION ALL
+                SELECT now(), id, event, 'running', to_state, stage, attempt, token, $13, $14,
                        duration_ms, error
-                FROM upd
+                FROM upd WHERE to_state <> 'succeeded'
             ),
             dl AS (
                 INSERT INTO dead_letters (job_id, kind, bu_id, connector, failed_stage, attempts, reason)
@@ -328,10 +351,17 @@ impl JobStore {
         let stages: Vec<Option<&str>> = transitions.iter().map(|t| t.stage.as_deref()).collect();
         Ok(sqlx::query_scalar(
             r#"
-            SELECT DISTINCT i.id
+            SELECT i.id
             FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS i(id, token, event, stage)
-            JOIN job_events e ON e.job_id = i.id AND e.fencing_token = i.token
-                             AND e.event = i.event AND e.stage IS NOT DISTINCT FROM i.stage
+            WHERE EXISTS (SELECT 1 FROM job_event_log e
+                          WHERE e.job_id = i.id AND e.fencing_token = i.token
+                            AND e.event = i.event AND e.stage IS NOT DISTINCT FROM i.stage)
+               -- The stage that finished the job is recorded in its row (ADR 0018).
+               OR (i.event = 'stage_completed'
+                   AND EXISTS (SELECT 1 FROM jobs j
+                               WHERE j.id = i.id AND j.fencing_token = i.token
+                                 AND j.state = 'succeeded'
+                                 AND j.final_stage IS NOT DISTINCT FROM i.stage))
             "#,
         )
         .bind(&ids)
@@ -369,17 +399,19 @@ impl JobStore {
         // skipped job still held under its token counts as held; the next renewal settles it.
         let kept = sqlx::query_scalar(
             r#"
+            -- The owner is tested on the joined pair (it names h), not estimated on jobs_live
+            -- alone: see apply — statistics taken while nothing ran make the owner look rare.
             WITH mine AS (
                 SELECT j.id FROM jobs j
                 JOIN unnest($1::int8[], $2::int8[]) AS h(id, token)
                   ON j.id = h.id AND j.fencing_token = h.token
-                WHERE j.lease_owner = $3 AND j.finished_at IS NULL
+                WHERE (j.lease_owner = $3 OR h.id IS NULL) AND j.finished_at IS NULL
             ),
             free AS (
                 SELECT j.id FROM jobs j
                 JOIN unnest($1::int8[], $2::int8[]) AS h(id, token)
                   ON j.id = h.id AND j.fencing_token = h.token
-                WHERE j.lease_owner = $3 AND j.finished_at IS NULL
+                WHERE (j.lease_owner = $3 OR h.id IS NULL) AND j.finished_at IS NULL
                 FOR NO KEY UPDATE OF j SKIP LOCKED
             ),
             renewed AS (
@@ -528,17 +560,24 @@ impl JobStore {
                     END,
                     finished_at = CASE WHEN j.attempts >= j.max_attempts OR j.rescue_streak + 1 >= $6
                                        THEN now() END,
+                    ran_by = j.lease_owner,
                     updated_at = now()
                 FROM expired e
                 WHERE j.id = e.id AND j.id = ANY (ARRAY(SELECT id FROM expired))
                   AND j.finished_at IS NULL
                 RETURNING j.id, j.kind, j.payload, j.state, j.stage, j.attempts, j.fencing_token,
-                          j.last_error
+                          j.last_error, j.started_at, j.first_claim_in_row, j.ran_by
             ),
             ev AS (
-                INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt,
+                -- A first claim kept in the row (ADR 0018) is written out before the rescue.
+                INSERT INTO job_event_log (at, job_id, event, from_state, to_state, stage, attempt,
                                         fencing_token, worker_id, worker_version, error)
-                SELECT id, 'rescued', 'running', state, stage, attempts, fencing_token, $2, $3, last_error
+                SELECT started_at, id, 'claimed', 'queued', 'running', NULL, 1, fencing_token - 1,
+                       ran_by, (SELECT w.version FROM workers w WHERE w.id = upd.ran_by), NULL
+                FROM upd WHERE first_claim_in_row
+                UNION ALL
+                SELECT now(), id, 'rescued', 'running', state, stage, attempts, fencing_token, $2,
+                       $3, last_error
                 FROM upd
             ),
             dl AS (
@@ -599,12 +638,20 @@ impl JobStore {
             WITH upd AS (
                 UPDATE jobs SET state = 'cancelled', lease_owner = NULL, lease_expires_at = NULL,
                        fencing_token = fencing_token + 1, finished_at = now(), updated_at = now(),
-                       last_error = coalesce(last_error, 'cancelled by ' || $2)
+                       last_error = coalesce(last_error, 'cancelled by ' || $2),
+                       ran_by = coalesce(lease_owner, ran_by)
                 WHERE id = $1 AND finished_at IS NULL
-                RETURNING id, stage, attempts, fencing_token
+                RETURNING id, stage, attempts, fencing_token, started_at, first_claim_in_row, ran_by
             )
-            INSERT INTO job_events (job_id, event, from_state, to_state, stage, attempt, fencing_token, worker_id)
-            SELECT id, 'cancelled', $3, 'cancelled', stage, attempts, fencing_token, $2 FROM upd
+            -- A running job's first claim kept in the row (ADR 0018) is written out first.
+            INSERT INTO job_event_log (at, job_id, event, from_state, to_state, stage, attempt,
+                                    fencing_token, worker_id, worker_version)
+            SELECT started_at, id, 'claimed', 'queued', 'running', NULL, 1, fencing_token - 1,
+                   ran_by, (SELECT w.version FROM workers w WHERE w.id = upd.ran_by)
+            FROM upd WHERE first_claim_in_row AND $3 = 'running'
+            UNION ALL
+            SELECT now(), id, 'cancelled', $3, 'cancelled', stage, attempts, fencing_token, $2, NULL
+            FROM upd
             "#,
         )
         .bind(job_id)

@@ -272,10 +272,11 @@ impl TryFrom<String> for JobState {
     }
 }
 
-/// One row of `job_events`.
+/// One row of the `job_events` view: a stored `job_event_log` row, or a transition kept in
+/// the job's own row (ADR 0018), which has no event id.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct JobEvent {
-    pub id: i64,
+    pub id: Option<i64>,
     pub job_id: i64,
     pub at: DateTime<Utc>,
     pub event: String,

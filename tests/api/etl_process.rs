@@ -16,7 +16,7 @@ fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, 
 /// `(stage, worker_version)` of each completed stage of a job, in order.
 async fn stage_versions(db: &TestDb, id: i64) -> Vec<(String, String)> {
     sqlx::query_as(
-        "SELECT stage, worker_version FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY id",
+        "SELECT stage, worker_version FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY at, id NULLS FIRST",
     )
     .bind(id)
     .fetch_all(&db.pool)

@@ -450,7 +450,7 @@ pub async fn require_state(store: &JobStore, id: i64, state: JobState, timeout: 
 /// `(stage, worker_id)` of every stage_completed event of a job, in order.
 pub async fn completed_stages(pool: &PgPool, job_id: i64) -> Vec<(String, String)> {
     sqlx::query_as(
-        "SELECT stage, worker_id FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY id",
+        "SELECT stage, worker_id FROM job_events WHERE job_id = $1 AND event = 'stage_completed' ORDER BY at, id NULLS FIRST",
     )
     .bind(job_id)
     .fetch_all(pool)

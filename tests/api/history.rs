@@ -151,7 +151,7 @@ async fn finished_jobs_move_to_their_day_and_every_history_read_still_finds_them
 
     // SQL history: the timeline and stage runs of moved jobs.
     let events: Vec<String> =
-        sqlx::query_scalar("SELECT event FROM job_timeline WHERE job_id = $1 ORDER BY event_id")
+        sqlx::query_scalar("SELECT event FROM job_timeline WHERE job_id = $1 ORDER BY seq")
             .bind(dies)
             .fetch_all(&pool)
             .await
@@ -179,12 +179,13 @@ async fn finished_jobs_move_to_their_day_and_every_history_read_still_finds_them
     .await;
     assert_eq!(partitions_of(&pool, dies).await.len(), 1);
     assert!(in_its_day(&pool, dies).await);
-    let events: Vec<String> =
-        sqlx::query_scalar("SELECT event FROM job_events WHERE job_id = $1 ORDER BY id")
-            .bind(dies)
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT event FROM job_events WHERE job_id = $1 ORDER BY at, id NULLS FIRST",
+    )
+    .bind(dies)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     assert_eq!(
         events[2..],
         [
@@ -281,7 +282,7 @@ async fn retention_drops_whole_days_with_what_only_their_jobs_used() {
 
     // With none, every partition that has ended goes, whole; today's and the live one stay.
     assert_eq!(cleaner(Duration::ZERO).clean_once().await.unwrap(), 2);
-    assert!(!exists("jobs_before").await && !exists("job_events_before").await);
+    assert!(!exists("jobs_before").await && !exists("job_event_log_before").await);
     let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
         .fetch_all(&db.pool)
         .await
@@ -310,7 +311,7 @@ async fn retention_drops_whole_days_with_what_only_their_jobs_used() {
     );
     // Days ahead stay ready: today and the next seven, for both tables.
     let ahead: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_class WHERE relname ~ '^(jobs|job_events)_p[0-9]{8}$'
+        "SELECT count(*) FROM pg_class WHERE relname ~ '^(jobs|job_event_log)_p[0-9]{8}$'
             AND to_date(right(relname, 8), 'YYYYMMDD') >= (now() AT TIME ZONE 'UTC')::date",
     )
     .fetch_one(&db.pool)

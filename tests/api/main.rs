@@ -27,4 +27,5 @@ mod sources;
 mod sources_process;
 mod tidy;
 mod tidy_layout;
+mod transitions;
 mod worker_edges;

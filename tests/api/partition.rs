@@ -146,12 +146,14 @@ async fn lease(pool: &sqlx::PgPool, id: i64) -> (Option<String>, Option<DateTime
 }
 
 async fn events(pool: &sqlx::PgPool, id: i64, event: &str) -> Vec<DateTime<Utc>> {
-    sqlx::query_scalar("SELECT at FROM job_events WHERE job_id = $1 AND event = $2 ORDER BY id")
-        .bind(id)
-        .bind(event)
-        .fetch_all(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT at FROM job_events WHERE job_id = $1 AND event = $2 ORDER BY at, id NULLS FIRST",
+    )
+    .bind(id)
+    .bind(event)
+    .fetch_all(pool)
+    .await
+    .unwrap()
 }
 
 /// Starts a worker behind `proxy` and has it claim a job whose first stage sleeps

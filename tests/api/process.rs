@@ -70,7 +70,7 @@ async fn deploy_drains_v1_and_v2_resumes_each_job_at_its_checkpoint() {
     assert_eq!(runs, ["first", "second", "third"]);
     // And the timeline view shows which version ran each stage.
     let versions: Vec<(String, String)> = sqlx::query_as(
-        "SELECT stage, worker_version FROM job_timeline WHERE job_id = $1 AND event = 'stage_completed' ORDER BY event_id",
+        "SELECT stage, worker_version FROM job_timeline WHERE job_id = $1 AND event = 'stage_completed' ORDER BY seq",
     )
     .bind(id)
     .fetch_all(&db.pool)

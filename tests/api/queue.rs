@@ -516,7 +516,7 @@ async fn several_workers_run_thousands_of_jobs_each_stage_exactly_once() {
     let overlapping = count(
         r#"
         SELECT count(*) FROM (
-            SELECT event, lag(event) OVER (PARTITION BY job_id ORDER BY id) AS prev
+            SELECT event, lag(event) OVER (PARTITION BY job_id ORDER BY at, id NULLS FIRST) AS prev
             FROM job_events WHERE event IN ('claimed', 'rescued', 'released')
         ) e
         WHERE event = 'claimed' AND prev = 'claimed'

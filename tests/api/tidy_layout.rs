@@ -164,6 +164,7 @@ const TABLE_OWNERS: &[(&str, &[&str])] = &[
         &[
             "jobs",
             "job_events",
+            "job_event_log",
             "dead_letters",
             "job_event_minutes",
             "job_minute_deltas",
@@ -195,6 +196,9 @@ const TABLE_OWNERS: &[(&str, &[&str])] = &[
 const CROSS_READS: &[(&str, &str)] = &[
     // The rescuer decides on a worker's liveness in the statement that requeues its jobs.
     ("queue/store.rs", "workers"),
+    // A bulk cancel writes out a running job's first claim (ADR 0018) with the version of
+    // the worker that ran it, as the single cancel and the rescue in store.rs do.
+    ("queue/filter.rs", "workers"),
 ];
 
 /// Where `files` name a table in SQL (`FROM`, `INTO`, `UPDATE`, `JOIN`) outside its owner.
