@@ -1,7 +1,8 @@
 //! Finished jobs by day (ADR 0017): `jobs` is partitioned on `finished_at`, live jobs in its
 //! default partition `jobs_live`, each UTC day's finished jobs in `jobs_pYYYYMMDD`, and
-//! `job_events` the same on `at`. This file keeps the days ahead, drops the days past
-//! retention, and reads the finished-job counts the moving statements keep in `job_counts`.
+//! `job_event_log` (the stored rows of `job_events`) the same on `at`. This file keeps the
+//! days ahead, drops the days past retention, and reads the finished-job counts the moving
+//! statements keep in `job_counts`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,12 +19,12 @@ const PARTITION_LOCK_TIMEOUT: &str = "2s";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DroppedPartition {
     pub table: String,
-    /// Finished jobs it held (0 for a `job_events` partition).
+    /// Finished jobs it held (0 for a `job_event_log` partition).
     pub jobs: i64,
 }
 
 impl JobStore {
-    /// Creates the missing day partitions of `jobs` and `job_events` from today to
+    /// Creates the missing day partitions of `jobs` and `job_event_log` from today to
     /// [`PARTITIONS_AHEAD_DAYS`] ahead; returns how many it created.
     pub async fn ensure_partitions(&self) -> Result<i32, QueueError> {
         let mut tx = self.pool.begin().await?;
@@ -39,7 +40,7 @@ impl JobStore {
         Ok(made)
     }
 
-    /// Drops, oldest first, every day partition of `jobs` and `job_events` that ended more
+    /// Drops, oldest first, every day partition of `jobs` and `job_event_log` that ended more
     /// than `keep` ago, each in its own transaction (`etlq_drop_history_partition`, which also
     /// removes what only its jobs used: their idempotency keys, dead letters and counts).
     /// Never a `DELETE` over history.
