@@ -26,8 +26,26 @@ ensure_azurite() {
         npm install --silent --no-audit --no-fund --prefix "$cache/azurite-$AZURITE_VERSION" \
             "azurite@$AZURITE_VERSION" >&2
     fi
-    local port
-    for port in $(seq 10100 10199); do _az_port_open "$port" || break; done
+    # A loaded machine can keep Node from listening for many seconds (one CI run saw nothing on
+    # the port after 20 s, where it usually answers in 0.6 s): wait up to
+    # $AZURITE_START_TIMEOUT seconds, then show its log and try once more on another port.
+    local attempt
+    _AZURITE_PORT=""
+    for attempt in 1 2; do
+        _az_start "$bin" "$_AZURITE_PORT" && break
+        [ "$attempt" = 2 ] && return 1
+        _az_log "trying once more on another port"
+    done
+    export ETLQ_TEST_AZURITE=http://127.0.0.1:$_AZURITE_PORT/devstoreaccount1
+    _az_log "started Azurite $AZURITE_VERSION on 127.0.0.1:$_AZURITE_PORT (pid $_AZURITE_PID)"
+}
+
+# Starts Azurite on the first free port above the one given (10100 if none) and waits for it
+# to answer; on failure prints its log and leaves nothing running.
+_az_start() {
+    local bin=$1 after=${2:-10099} port
+    for port in $(seq $((after + 1)) 10199); do _az_port_open "$port" || break; done
+    _AZURITE_PORT=$port
     _AZURITE_DIR=$(mktemp -d -t etlq-azurite.XXXXXX)
     # Its working directory and TMPDIR are the run directory: whatever it writes goes there.
     (cd "$_AZURITE_DIR" && TMPDIR="$_AZURITE_DIR" exec "$bin" --blobHost 127.0.0.1 \
@@ -35,19 +53,27 @@ ensure_azurite() {
         --silent >"$_AZURITE_DIR/azurite.log" 2>&1) &
     _AZURITE_PID=$!
     disown "$_AZURITE_PID" 2>/dev/null || true # no "Killed" notice when stop_azurite ends it
-    local i
-    for i in $(seq 1 100); do
-        _az_port_open "$port" && break
-        kill -0 "$_AZURITE_PID" 2>/dev/null || { cat "$_AZURITE_DIR/azurite.log" >&2; _az_log "Azurite exited"; return 1; }
+    local deadline=$((SECONDS + ${AZURITE_START_TIMEOUT:-60}))
+    while ! _az_port_open "$port"; do
+        if ! kill -0 "$_AZURITE_PID" 2>/dev/null; then
+            cat "$_AZURITE_DIR/azurite.log" >&2
+            _az_log "Azurite exited"
+            stop_azurite
+            return 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            cat "$_AZURITE_DIR/azurite.log" >&2
+            _az_log "Azurite did not answer on port $port within ${AZURITE_START_TIMEOUT:-60} s"
+            stop_azurite
+            return 1
+        fi
         sleep 0.2
     done
-    _az_port_open "$port" || { _az_log "Azurite did not answer on port $port"; return 1; }
-    export ETLQ_TEST_AZURITE=http://127.0.0.1:$port/devstoreaccount1
-    _az_log "started Azurite $AZURITE_VERSION on 127.0.0.1:$port (pid $_AZURITE_PID)"
 }
 
 stop_azurite() {
     # Azurite can take ~20 s to exit on SIGTERM; in-memory persistence makes SIGKILL safe.
     [ -n "${_AZURITE_PID:-}" ] && kill -9 "$_AZURITE_PID" 2>/dev/null || true
     [ -n "${_AZURITE_DIR:-}" ] && rm -rf "$_AZURITE_DIR" || true
+    _AZURITE_PID="" _AZURITE_DIR=""
 }

@@ -36,13 +36,23 @@ ensure_cosmos() {
         --admin-port "$admin" >"$_COSMOS_DIR/emulator.log" 2>&1) &
     _COSMOS_PID=$!
     disown "$_COSMOS_PID" 2>/dev/null || true
-    local i
-    for i in $(seq 1 100); do
-        _cosmos_port_open "$port" && _cosmos_port_open "$admin" && break
-        kill -0 "$_COSMOS_PID" 2>/dev/null || { cat "$_COSMOS_DIR/emulator.log" >&2; _cosmos_log "the emulator exited"; return 1; }
+    # It usually answers within a second; a loaded machine can take far longer (Azurite, also
+    # Node, once gave nothing for 20 s in CI), so the wait is generous and says why it ended.
+    local deadline=$((SECONDS + ${COSMOS_START_TIMEOUT:-60}))
+    until _cosmos_port_open "$port" && _cosmos_port_open "$admin"; do
+        if ! kill -0 "$_COSMOS_PID" 2>/dev/null; then
+            cat "$_COSMOS_DIR/emulator.log" >&2
+            _cosmos_log "the emulator exited"
+            return 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            cat "$_COSMOS_DIR/emulator.log" >&2
+            _cosmos_log "the emulator did not answer on ports $port/$admin within ${COSMOS_START_TIMEOUT:-60} s"
+            stop_cosmos
+            return 1
+        fi
         sleep 0.1
     done
-    _cosmos_port_open "$port" || { _cosmos_log "the emulator did not answer on port $port"; return 1; }
     export ETLQ_TEST_COSMOS="https://127.0.0.1:$port/"
     export ETLQ_TEST_COSMOS_ADMIN="http://127.0.0.1:$admin"
     export ETLQ_TEST_COSMOS_NODE_PATH="$dir/node_modules"

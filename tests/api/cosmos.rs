@@ -85,7 +85,9 @@ impl Emulator {
             admin: format!("http://127.0.0.1:{}", port.1),
             child: Some(child),
         };
-        wait_for(Duration::from_secs(20), "the private emulator", || async {
+        // Node usually listens within a second; a loaded machine has kept one from listening
+        // for 20 s (Azurite, at the start of a CI run), so the wait is generous.
+        wait_for(Duration::from_secs(60), "the private emulator", || async {
             reqwest::get(format!("{}/stats", e.admin))
                 .await
                 .ok()
