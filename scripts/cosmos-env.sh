@@ -43,6 +43,7 @@ ensure_cosmos() {
         if ! kill -0 "$_COSMOS_PID" 2>/dev/null; then
             cat "$_COSMOS_DIR/emulator.log" >&2
             _cosmos_log "the emulator exited"
+            stop_cosmos
             return 1
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
@@ -62,4 +63,5 @@ ensure_cosmos() {
 stop_cosmos() {
     [ -n "${_COSMOS_PID:-}" ] && kill -9 "$_COSMOS_PID" 2>/dev/null || true
     [ -n "${_COSMOS_DIR:-}" ] && rm -rf "$_COSMOS_DIR" || true
+    _COSMOS_PID="" _COSMOS_DIR=""
 }
