@@ -24,7 +24,8 @@ ensure_azurite() {
         command -v npm >/dev/null 2>&1 || { _az_log "npm not found: install Node.js 20+"; return 1; }
         _az_log "installing azurite@$AZURITE_VERSION from npm"
         npm install --silent --no-audit --no-fund --prefix "$cache/azurite-$AZURITE_VERSION" \
-            "azurite@$AZURITE_VERSION" >&2
+            "azurite@$AZURITE_VERSION" >&2 ||
+            { _az_log "npm could not install azurite@$AZURITE_VERSION"; return 1; }
     fi
     # A loaded machine can keep Node from listening for many seconds (one CI run saw nothing on
     # the port after 20 s, where it usually answers in 0.6 s): wait up to

@@ -23,7 +23,8 @@ ensure_cosmos() {
         command -v npm >/dev/null 2>&1 || { _cosmos_log "npm not found: install Node.js 20+"; return 1; }
         _cosmos_log "installing @vercel/cosmosdb-server@$COSMOS_SERVER_VERSION from npm"
         npm install --silent --no-audit --no-fund --prefix "$dir" \
-            "@vercel/cosmosdb-server@$COSMOS_SERVER_VERSION" >&2
+            "@vercel/cosmosdb-server@$COSMOS_SERVER_VERSION" >&2 ||
+            { _cosmos_log "npm could not install @vercel/cosmosdb-server@$COSMOS_SERVER_VERSION"; return 1; }
     fi
     local port admin
     for port in $(seq 18100 2 18198); do
