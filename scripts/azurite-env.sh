@@ -6,14 +6,15 @@
 
 AZURITE_VERSION=${AZURITE_VERSION:-3.37.0}
 
+. "$(dirname "${BASH_SOURCE[0]}")/listen-wait.sh"
+
 _az_log() { printf 'azurite-env: %s\n' "$*" >&2; }
-_az_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 ensure_azurite() {
     if [ -n "${ETLQ_TEST_AZURITE:-}" ]; then
         return 0
     fi
-    if _az_port_open 10000; then
+    if port_open 10000; then
         export ETLQ_TEST_AZURITE=http://127.0.0.1:10000/devstoreaccount1
         _az_log "using the Azurite already on 127.0.0.1:10000"
         return 0
@@ -27,9 +28,8 @@ ensure_azurite() {
             "azurite@$AZURITE_VERSION" >&2 ||
             { _az_log "npm could not install azurite@$AZURITE_VERSION"; return 1; }
     fi
-    # A loaded machine can keep Node from listening for many seconds (one CI run saw nothing on
-    # the port after 20 s, where it usually answers in 0.6 s): wait up to
-    # $AZURITE_START_TIMEOUT seconds, then show its log and try once more on another port.
+    # Waits up to $AZURITE_START_TIMEOUT seconds (listen-wait.sh says why so long), then tries
+    # once more on another port.
     local attempt
     _AZURITE_PORT=""
     for attempt in 1 2; do
@@ -45,7 +45,7 @@ ensure_azurite() {
 # to answer; on failure prints its log and leaves nothing running.
 _az_start() {
     local bin=$1 after=${2:-10099} port
-    for port in $(seq $((after + 1)) 10199); do _az_port_open "$port" || break; done
+    for port in $(seq $((after + 1)) 10199); do port_open "$port" || break; done
     _AZURITE_PORT=$port
     _AZURITE_DIR=$(mktemp -d -t etlq-azurite.XXXXXX)
     # Its working directory and TMPDIR are the run directory: whatever it writes goes there.
@@ -54,22 +54,8 @@ _az_start() {
         --silent >"$_AZURITE_DIR/azurite.log" 2>&1) &
     _AZURITE_PID=$!
     disown "$_AZURITE_PID" 2>/dev/null || true # no "Killed" notice when stop_azurite ends it
-    local deadline=$((SECONDS + ${AZURITE_START_TIMEOUT:-60}))
-    while ! _az_port_open "$port"; do
-        if ! kill -0 "$_AZURITE_PID" 2>/dev/null; then
-            cat "$_AZURITE_DIR/azurite.log" >&2
-            _az_log "Azurite exited"
-            stop_azurite
-            return 1
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            cat "$_AZURITE_DIR/azurite.log" >&2
-            _az_log "Azurite did not answer on port $port within ${AZURITE_START_TIMEOUT:-60} s"
-            stop_azurite
-            return 1
-        fi
-        sleep 0.2
-    done
+    wait_listening "azurite-env: Azurite" "$_AZURITE_PID" "$_AZURITE_DIR/azurite.log" \
+        "${AZURITE_START_TIMEOUT:-60}" "$port" || { stop_azurite; return 1; }
 }
 
 stop_azurite() {

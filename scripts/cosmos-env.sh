@@ -8,8 +8,9 @@
 
 COSMOS_SERVER_VERSION=${COSMOS_SERVER_VERSION:-1.0.1}
 
+. "$(dirname "${BASH_SOURCE[0]}")/listen-wait.sh"
+
 _cosmos_log() { printf 'cosmos-env: %s\n' "$*" >&2; }
-_cosmos_port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 ensure_cosmos() {
     if [ -n "${ETLQ_TEST_COSMOS:-}" ] && [ -n "${ETLQ_TEST_COSMOS_ADMIN:-}" ] &&
@@ -28,7 +29,7 @@ ensure_cosmos() {
     fi
     local port admin
     for port in $(seq 18100 2 18198); do
-        _cosmos_port_open "$port" || _cosmos_port_open $((port + 1)) || break
+        port_open "$port" || port_open $((port + 1)) || break
     done
     admin=$((port + 1))
     local shim="$PWD/scripts/cosmos-emulator/shim.cjs"
@@ -37,24 +38,8 @@ ensure_cosmos() {
         --admin-port "$admin" >"$_COSMOS_DIR/emulator.log" 2>&1) &
     _COSMOS_PID=$!
     disown "$_COSMOS_PID" 2>/dev/null || true
-    # It usually answers within a second; a loaded machine can take far longer (Azurite, also
-    # Node, once gave nothing for 20 s in CI), so the wait is generous and says why it ended.
-    local deadline=$((SECONDS + ${COSMOS_START_TIMEOUT:-60}))
-    until _cosmos_port_open "$port" && _cosmos_port_open "$admin"; do
-        if ! kill -0 "$_COSMOS_PID" 2>/dev/null; then
-            cat "$_COSMOS_DIR/emulator.log" >&2
-            _cosmos_log "the emulator exited"
-            stop_cosmos
-            return 1
-        fi
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            cat "$_COSMOS_DIR/emulator.log" >&2
-            _cosmos_log "the emulator did not answer on ports $port/$admin within ${COSMOS_START_TIMEOUT:-60} s"
-            stop_cosmos
-            return 1
-        fi
-        sleep 0.1
-    done
+    wait_listening "cosmos-env: the emulator" "$_COSMOS_PID" "$_COSMOS_DIR/emulator.log" \
+        "${COSMOS_START_TIMEOUT:-60}" "$port" "$admin" || { stop_cosmos; return 1; }
     export ETLQ_TEST_COSMOS="https://127.0.0.1:$port/"
     export ETLQ_TEST_COSMOS_ADMIN="http://127.0.0.1:$admin"
     export ETLQ_TEST_COSMOS_NODE_PATH="$dir/node_modules"
