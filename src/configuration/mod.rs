@@ -232,6 +232,8 @@ pub struct WorkerSettings {
     pub fetch_batch: usize,
     pub fetchers: usize,
     pub poll_interval_ms: u64,
+    /// Push pickup (ADR 0020): idle, advertise free slots that single enqueues fill directly.
+    pub push: bool,
     pub lease_ms: u64,
     pub drain_timeout_ms: u64,
     pub heartbeat_ms: u64,

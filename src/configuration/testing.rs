@@ -20,4 +20,7 @@ pub struct TestingSettings {
     /// A statement that finishes jobs (moving them out of `jobs_live`) waits this long before
     /// it commits, so a test can kill the process in the middle of the move.
     pub pause_in_finish_ms: u64,
+    /// The worker ignores the notifications of jobs pushed to it, as if its LISTEN connection
+    /// had lost them: it finds them when it withdraws its advertisement.
+    pub drop_push_notices: bool,
 }

@@ -44,21 +44,57 @@ impl JobStore {
             SELECT id FROM ins
             "#
         } else {
+            // Push pickup (ADR 0020): a job due now goes straight to a worker that advertised
+            // a free slot for its kind, already running under that worker's lease (its first
+            // claim in the row, token 1), and the worker's channel carries it. A worker whose
+            // LISTEN backend is gone (it died) or whose advertisement lapsed gets nothing;
+            // without a slot the job is queued as before.
             r#"
-            INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at)
-            VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
-            RETURNING id
+            WITH slot AS (
+                UPDATE worker_parking w SET free = w.free - 1
+                 WHERE w.worker_id = (
+                        SELECT p.worker_id FROM worker_parking p
+                         WHERE p.free > 0 AND p.until > now() AND $1 = ANY (p.kinds)
+                           AND $6 <= 0 AND octet_length($2::text) <= $7
+                           AND EXISTS (SELECT 1 FROM pg_stat_get_activity(p.listener_pid))
+                         LIMIT 1
+                         FOR UPDATE SKIP LOCKED)
+                RETURNING w.worker_id, w.lease_s, w.channel, w.generation
+            ),
+            ins AS (
+                INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at,
+                                  state, attempts, fencing_token, lease_owner, lease_expires_at,
+                                  started_at, push_generation)
+                SELECT $1, $2, $3, $4, $5, now() + make_interval(secs => $6),
+                       CASE WHEN s.worker_id IS NULL THEN 'queued' ELSE 'running' END,
+                       CASE WHEN s.worker_id IS NULL THEN 0 ELSE 1 END,
+                       CASE WHEN s.worker_id IS NULL THEN 0 ELSE 1 END,
+                       s.worker_id, now() + make_interval(secs => s.lease_s),
+                       CASE WHEN s.worker_id IS NOT NULL THEN now() END, s.generation
+                  FROM (SELECT) one LEFT JOIN slot s ON true
+                RETURNING id, kind, payload, checkpoint, max_attempts
+            ),
+            told AS (
+                SELECT pg_notify(s.channel, json_build_object(
+                           'generation', s.generation, 'id', i.id, 'kind', i.kind,
+                           'payload', i.payload, 'checkpoint', i.checkpoint,
+                           'max_attempts', i.max_attempts, 'token', 1)::text)
+                  FROM ins i CROSS JOIN slot s
+            )
+            SELECT id FROM ins WHERE (SELECT count(*) FROM told) >= 0
             "#
         };
-        let id: Option<i64> = sqlx::query_scalar(sql)
+        let mut q = sqlx::query_scalar(sql)
             .bind(&job.kind)
             .bind(&job.payload)
             .bind(job.idempotency_key.as_deref())
             .bind(job.priority.unwrap_or(0))
             .bind(job.max_attempts.unwrap_or(self.default_max_attempts))
-            .bind(job.delay_ms.unwrap_or(0) as f64 / 1000.0)
-            .fetch_optional(&mut *conn)
-            .await?;
+            .bind(job.delay_ms.unwrap_or(0) as f64 / 1000.0);
+        if job.idempotency_key.is_none() {
+            q = q.bind(super::push::PUSH_PAYLOAD_MAX);
+        }
+        let id: Option<i64> = q.fetch_optional(&mut *conn).await?;
         if let Some(job_id) = id {
             return Ok(Enqueued {
                 job_id,

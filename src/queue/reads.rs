@@ -15,9 +15,12 @@ impl JobStore {
 
     pub async fn events(&self, job_id: i64) -> Result<Vec<JobEvent>, QueueError> {
         Ok(
-            // Events and the transitions kept in the job's row (ADR 0018), in order.
+            // Events and the transitions kept in the job's row (ADR 0018), in order. A pushed
+            // job's enqueue and claim share an instant (ADR 0020): the enqueue comes first.
             sqlx::query_as::<_, JobEvent>(
-                "SELECT * FROM job_events WHERE job_id = $1 ORDER BY at, id NULLS FIRST",
+                "SELECT * FROM job_events WHERE job_id = $1
+                  ORDER BY at, id NULLS FIRST,
+                           CASE event WHEN 'enqueued' THEN 0 WHEN 'claimed' THEN 1 ELSE 2 END",
             )
             .bind(job_id)
             .fetch_all(&self.pool)

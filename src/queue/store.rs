@@ -19,7 +19,7 @@ use crate::db::{Pools, Tx};
 pub struct JobStore {
     pub(super) pool: PgPool,
     /// Lease renewals run here, never queued behind job traffic on `pool`.
-    control: PgPool,
+    pub(super) control: PgPool,
     pub(super) default_max_attempts: i32,
     /// `testing.pause_in_finish_ms`: transitions that finish a job commit this much later.
     #[cfg(feature = "test-aids")]

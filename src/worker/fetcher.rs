@@ -1,12 +1,12 @@
-//! Claim loops: claim while Normal and slots are free; wait on NOTIFY, a freed slot, or the
-//! poll interval.
+//! Claim loops: claim while Normal and slots are free; when idle, advertise the free slots
+//! for pushed jobs; wait on NOTIFY, a freed slot, or the poll interval.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Completer, Shared, runner};
+use super::{Completer, Shared, push, runner};
 use crate::lifecycle::Mode;
 use crate::metrics::Metrics;
 
@@ -24,6 +24,9 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
             return;
         }
         if s.lifecycle.mode() != Mode::Normal {
+            // An advertisement a failed withdrawal left out holds slots: SafeToStop waits
+            // for it.
+            push::withdraw(&s, &completer).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = status.wait_for(|st| st.mode == Mode::Normal) => continue,
@@ -64,19 +67,31 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
             }
         }
         let threshold = if backlog { refill } else { 1 };
+        // Idle: offer the free slots to enqueues (push pickup, ADR 0020). The loop that
+        // advertised withdraws when it wakes, whatever woke it.
+        let advertised = !backlog && push::advertise(&s).await;
         let poll = tokio::time::sleep(s.config.poll_interval);
         tokio::pin!(poll);
-        loop {
+        let stopping = loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = s.wake.notified() => break,
-                _ = &mut poll => break,
-                _ = s.slot_freed.notified() => {
+                _ = stop.cancelled() => break true,
+                _ = s.wake.notified() => break false,
+                _ = s.parking.wake.notified(), if advertised => break false,
+                _ = &mut poll => break false,
+                // The advertised slots already take pushed jobs; a freed one waits for the
+                // next wake-up.
+                _ = s.slot_freed.notified(), if !advertised => {
                     let free = s.config.concurrency.saturating_sub(s.lifecycle.status().in_flight);
-                    if free >= threshold { break; }
+                    if free >= threshold { break false; }
                 }
-                _ = status.wait_for(|st| st.mode != Mode::Normal) => break,
+                _ = status.wait_for(|st| st.mode != Mode::Normal) => break false,
             }
+        };
+        if advertised {
+            push::withdraw(&s, &completer).await;
+        }
+        if stopping {
+            return;
         }
     }
 }

@@ -12,10 +12,12 @@ mod fetcher;
 mod heartbeat;
 mod leases;
 mod listener;
+mod push;
 mod runner;
 mod signals;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicI32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +66,11 @@ pub struct WorkerConfig {
     pub fetch_batch: usize,
     pub fetchers: usize,
     pub poll_interval: Duration,
+    /// Push pickup (ADR 0020).
+    pub push: bool,
+    /// Test aid: notifications of pushed jobs are ignored (`testing.drop_push_notices`).
+    #[cfg(feature = "test-aids")]
+    pub drop_push_notices: bool,
     pub lease: Duration,
     pub heartbeat: Duration,
     /// How long a job is held while PostgreSQL is unreachable before it is given up (and left
@@ -79,6 +86,9 @@ impl WorkerConfig {
             fetch_batch: s.worker.fetch_batch,
             fetchers: s.worker.fetchers,
             poll_interval: Duration::from_millis(s.worker.poll_interval_ms),
+            push: s.worker.push,
+            #[cfg(feature = "test-aids")]
+            drop_push_notices: s.testing.drop_push_notices,
             lease: s.worker.lease(),
             heartbeat: Duration::from_millis(s.worker.heartbeat_ms),
             outage_tolerance: Duration::from_millis(s.worker.outage_tolerance_ms),
@@ -101,6 +111,11 @@ pub(crate) struct Shared {
     wake: Notify,
     pub(crate) slot_freed: Notify,
     fleet_wake: Notify,
+    /// Push pickup: the advertisement of free slots, and the listening connection's server
+    /// process (0 while not connected: nothing is advertised then).
+    pub(crate) parking: push::Parking,
+    listener_pid: AtomicI32,
+    push_channel: String,
     /// Every task the worker starts, runners included.
     pub(crate) tasks: TaskTracker,
     pub(crate) signals: Signals,
@@ -134,6 +149,7 @@ impl Worker {
         } = parts;
         let config = WorkerConfig::from_settings(settings);
         let kinds = registry.names().map(str::to_owned).collect();
+        let push_channel = crate::queue::push_channel(&info.id);
         Worker {
             shared: Arc::new(Shared {
                 actor: info.actor(),
@@ -149,6 +165,9 @@ impl Worker {
                 wake: Notify::new(),
                 slot_freed: Notify::new(),
                 fleet_wake: Notify::new(),
+                parking: push::Parking::default(),
+                listener_pid: AtomicI32::new(0),
+                push_channel,
                 tasks: TaskTracker::new(),
                 signals,
             }),
@@ -172,8 +191,11 @@ impl Worker {
             s.config.outage_tolerance,
             abandon.clone(),
         );
-        s.tasks
-            .spawn(listener::listen(s.clone(), background.clone()));
+        s.tasks.spawn(listener::listen(
+            s.clone(),
+            completer.clone(),
+            background.clone(),
+        ));
         s.tasks
             .spawn(leases::keep_leases(s.clone(), background.clone()));
         s.tasks

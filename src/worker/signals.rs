@@ -8,8 +8,13 @@ use tokio::sync::broadcast;
 pub enum Signal {
     /// The listener delivered a "jobs available" notification to the claim loops.
     JobsNotified,
-    /// A claim returned these jobs.
+    /// A claim returned these jobs (a pushed job is also told as claimed, alone).
     Claimed(Vec<i64>),
+    /// A job pushed to this worker started from its notification (ADR 0020).
+    Pushed(i64),
+    /// A job pushed to this worker started when the worker withdrew its advertisement: its
+    /// notification had not arrived.
+    Adopted(i64),
 }
 
 #[derive(Clone, Debug)]

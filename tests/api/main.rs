@@ -17,6 +17,7 @@ mod lifecycle;
 mod outage;
 mod partition;
 mod process;
+mod push;
 mod queue;
 mod readme;
 mod release;

@@ -170,6 +170,7 @@ const TABLE_OWNERS: &[(&str, &[&str])] = &[
             "job_minute_deltas",
             "job_keys",
             "job_counts",
+            "worker_parking",
         ],
     ),
     ("fleet/", &["workers"]),
