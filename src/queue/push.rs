@@ -97,6 +97,24 @@ impl JobStore {
         Ok(())
     }
 
+    /// Adds `more` slots to `actor`'s advertisement `generation`; false if there is none.
+    pub async fn offer_more(
+        &self,
+        actor: &Actor,
+        generation: u64,
+        more: usize,
+    ) -> Result<bool, QueueError> {
+        let done = sqlx::query(
+            "UPDATE worker_parking SET free = free + $3 WHERE worker_id = $1 AND generation = $2",
+        )
+        .bind(&actor.id)
+        .bind(generation as i64)
+        .bind(more as i32)
+        .execute(&self.control)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Withdraws `actor`'s advertisement and returns the slots no enqueue took (None: there
     /// was none). The DELETE waits for enqueues holding the row, so once it returns every job
     /// pushed to `actor` is committed and visible.

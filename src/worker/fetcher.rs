@@ -13,12 +13,15 @@ use crate::metrics::Metrics;
 /// After a failed claim (PostgreSQL unreachable): try again soon, without spinning.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
-pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: CancellationToken) {
+/// Claim loop `n` (of `worker.fetchers`).
+pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: CancellationToken) {
     let mut status = s.lifecycle.subscribe();
     let batch = s.config.fetch_batch.min(s.config.concurrency);
     // With a backlog, refill in chunks rather than one claim per finished job.
     let refill = (batch / 4).max(1);
     let mut backlog = false;
+    // Woken because jobs were queued (not by a freed slot or the poll).
+    let mut for_jobs = false;
     loop {
         if stop.is_cancelled() {
             return;
@@ -33,6 +36,9 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
             }
         }
         let reserved = s.lifecycle.try_reserve(batch, s.config.concurrency);
+        if reserved == 0 && for_jobs {
+            s.parking.nudge();
+        }
         if reserved > 0 {
             match s
                 .jobs
@@ -66,25 +72,34 @@ pub(super) async fn fetch(s: Arc<Shared>, completer: Completer, stop: Cancellati
                 }
             }
         }
+        for_jobs = false;
         let threshold = if backlog { refill } else { 1 };
         // Idle: offer the free slots to enqueues (push pickup, ADR 0020). The loop that
         // advertised withdraws when it wakes, whatever woke it.
-        let advertised = !backlog && push::advertise(&s).await;
+        let advertised = !backlog && push::advertise(&s, n).await;
         let poll = tokio::time::sleep(s.config.poll_interval);
         tokio::pin!(poll);
         let stopping = loop {
-            tokio::select! {
+            let offer_freed = tokio::select! {
                 _ = stop.cancelled() => break true,
-                _ = s.wake.notified() => break false,
+                _ = s.wake.notified() => {
+                    for_jobs = true;
+                    break false;
+                }
                 _ = s.parking.wake.notified(), if advertised => break false,
+                _ = s.parking.freed.notified(), if advertised => true,
                 _ = &mut poll => break false,
-                // The advertised slots already take pushed jobs; a freed one waits for the
-                // next wake-up.
+                // While advertising, a freed slot is offered to pushed jobs instead
+                // (`parking.freed`); queued jobs wake the loop themselves.
                 _ = s.slot_freed.notified(), if !advertised => {
                     let free = s.config.concurrency.saturating_sub(s.lifecycle.status().in_flight);
                     if free >= threshold { break false; }
+                    false
                 }
                 _ = status.wait_for(|st| st.mode != Mode::Normal) => break false,
+            };
+            if offer_freed {
+                push::top_up(&s).await;
             }
         };
         if advertised {

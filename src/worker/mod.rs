@@ -202,8 +202,9 @@ impl Worker {
             .spawn(heartbeat::fleet_heartbeat(s.clone(), background.clone()));
         s.tasks
             .spawn(s.lifecycle.clone().drain_timer(background.clone()));
-        for _ in 0..s.config.fetchers {
+        for n in 0..s.config.fetchers {
             s.tasks.spawn(fetcher::fetch(
+                n,
                 s.clone(),
                 completer.clone(),
                 background.clone(),

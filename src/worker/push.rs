@@ -30,8 +30,12 @@ pub(crate) struct Parking {
     /// Wakes the claim loop that owns the advertisement (the LISTEN connection was lost, so
     /// notifications may have been missed).
     pub(super) wake: tokio::sync::Notify,
-    /// One withdrawal at a time: a second waits, then finds the advertisement closed.
-    withdrawing: tokio::sync::Mutex<()>,
+    /// A slot was freed while an advertisement is out: the owning loop offers it too.
+    pub(super) freed: tokio::sync::Notify,
+    /// One advertisement or withdrawal at a time: a withdrawal that ran while an
+    /// advertisement's row was on its way would find no row, close it here, and leave the row
+    /// to take jobs nobody starts. A second withdrawal waits, then finds it closed.
+    busy: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -46,35 +50,38 @@ struct State {
     reserved: usize,
     /// Jobs of the open advertisement started so far.
     started: Vec<i64>,
+    /// The claim loop that made it, and withdraws it. One owner: a wake-up for queued jobs
+    /// that reaches another loop is claimed without withdrawing.
+    owner: usize,
 }
 
 impl Parking {
-    /// An advertisement is out and every slot it offered has been taken: enqueues no longer
-    /// push here until the owning claim loop advertises again.
-    pub(super) fn exhausted(&self) -> bool {
-        let st = self.state.lock().unwrap();
-        st.open && st.reserved == 0
+    /// A slot was freed: if an advertisement is out, its owner adds the slot to it.
+    pub(super) fn slot_freed(&self) {
+        if self.state.lock().unwrap().open {
+            self.freed.notify_one();
+        }
     }
 }
 
-/// Advertises this process's free slots (up to a batch) if pushing is on and the listener is
-/// connected. True: an advertisement is out (this one, or one a failed withdrawal left), and
-/// the caller must [`withdraw`] it when it wakes.
-pub(super) async fn advertise(s: &Shared) -> bool {
+/// Claim loop `by` advertises this process's free slots ([`offered`]) if pushing is on and
+/// the listener is connected. True: an advertisement of `by` is out (this one, or one its
+/// failed withdrawal left), and it must [`withdraw`] it when it wakes.
+pub(super) async fn advertise(s: &Shared, by: usize) -> bool {
     if !s.config.push {
         return false;
     }
+    let _one = s.parking.busy.lock().await;
     let listener_pid = s.listener_pid.load(Ordering::Acquire);
     let (generation, free) = {
         let mut st = s.parking.state.lock().unwrap();
         if st.open {
-            return true;
+            return st.owner == by;
         }
         if listener_pid == 0 {
             return false;
         }
-        let want = s.config.fetch_batch.min(s.config.concurrency);
-        let free = s.lifecycle.try_reserve(want, s.config.concurrency);
+        let free = s.lifecycle.try_reserve(offered(s), s.config.concurrency);
         if free == 0 {
             return false;
         }
@@ -85,6 +92,7 @@ pub(super) async fn advertise(s: &Shared) -> bool {
         st.advertised = free;
         st.reserved = free;
         st.started.clear();
+        st.owner = by;
         (st.generation, free)
     };
     let ttl = (s.config.poll_interval * TTL_POLLS).max(MIN_TTL);
@@ -102,6 +110,59 @@ pub(super) async fn advertise(s: &Shared) -> bool {
         tracing::warn!(error = %e, "could not advertise free slots; claiming meanwhile");
     }
     true
+}
+
+/// Slots an advertisement offers: half a batch (at most half the process's slots), so the
+/// other claim loops keep room to claim queued jobs without a withdrawal.
+fn offered(s: &Shared) -> usize {
+    (s.config.fetch_batch.min(s.config.concurrency) / 2).max(1)
+}
+
+impl Parking {
+    /// A claim loop woken for queued jobs found every free slot advertised: the owner
+    /// withdraws, and claims.
+    pub(super) fn nudge(&self) {
+        if self.state.lock().unwrap().open {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Adds the slots freed since the advertisement went out to it (up to a batch offered at
+/// once), so jobs enqueued one after another keep being pushed without a withdrawal between.
+pub(super) async fn top_up(s: &Shared) {
+    let _one = s.parking.busy.lock().await;
+    let (generation, more) = {
+        let mut st = s.parking.state.lock().unwrap();
+        // Topped up once half is taken: each top-up holds the row for a moment, and an
+        // enqueue that finds it held queues its job instead.
+        if !st.open || st.reserved > offered(s) / 2 {
+            return;
+        }
+        let want = offered(s).saturating_sub(st.reserved);
+        let more = s.lifecycle.try_reserve(want, s.config.concurrency);
+        if more == 0 {
+            return;
+        }
+        // Offered here first, as when advertising: a push can only follow the row's update.
+        st.advertised += more;
+        st.reserved += more;
+        (st.generation, more)
+    };
+    match s.jobs.offer_more(&s.actor, generation, more).await {
+        Ok(true) => {}
+        // Not ours to grow (it did not commit when advertised): take the slots back.
+        Ok(false) => {
+            {
+                let mut st = s.parking.state.lock().unwrap();
+                st.advertised -= more;
+                st.reserved -= more;
+            }
+            s.lifecycle.settle(more, 0);
+        }
+        // It may have committed: the withdrawal settles it either way.
+        Err(e) => tracing::warn!(error = %e, "could not offer freed slots"),
+    }
 }
 
 /// Starts a job pushed to this process, if its advertisement is open and it was not started
@@ -139,7 +200,7 @@ pub(super) fn accept(s: &Arc<Shared>, completer: &Completer, job: PushedJob) {
 /// while draining it is given up instead, and a pushed job not yet started is left to its
 /// lease and a rescuer.
 pub(super) async fn withdraw(s: &Arc<Shared>, completer: &Completer) {
-    let _one = s.parking.withdrawing.lock().await;
+    let _one = s.parking.busy.lock().await;
     let generation = {
         let st = s.parking.state.lock().unwrap();
         if !st.open {

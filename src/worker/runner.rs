@@ -53,10 +53,8 @@ impl Drop for Slot<'_> {
         }
         self.s.lifecycle.release(1);
         self.s.slot_freed.notify_one();
-        // Its advertisement used up, the idle claim loop advertises again (ADR 0020).
-        if self.s.parking.exhausted() {
-            self.s.parking.wake.notify_one();
-        }
+        // Offered to pushed jobs too, while the process advertises (ADR 0020).
+        self.s.parking.slot_freed();
     }
 }
 
