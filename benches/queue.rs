@@ -202,13 +202,7 @@ async fn main() {
         back_to_back.push(started.duration_since(t).as_secs_f64() * 1000.0);
         b2b_ids.push(id);
     }
-    let b2b_pushed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE id = ANY ($1) AND push_generation IS NOT NULL",
-    )
-    .bind(&b2b_ids)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let b2b_pushed = pushed_among(&pool, &b2b_ids, true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The steps, on an idle machine: a round trip first, then the enqueue, with 5 ms between
@@ -255,13 +249,7 @@ async fn main() {
     listening.abort();
     stop.cancel();
     handle.await.unwrap();
-    let pushed: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE push_generation IS NOT NULL AND NOT (id = ANY ($1))",
-    )
-    .bind(&b2b_ids)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let pushed = pushed_among(&pool, &b2b_ids, false).await;
 
     println!();
     println!("| measurement ({jobs} no-op jobs, median of {runs}) | etlq |");
@@ -303,6 +291,18 @@ async fn main() {
         percentile(&mut lat, 0.5),
         percentile(&mut rtt, 0.5)
     );
+}
+
+/// Jobs pushed to the idle worker (ADR 0020) among `ids` (`inside`) or among the others.
+async fn pushed_among(pool: &PgPool, ids: &[i64], inside: bool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs WHERE push_generation IS NOT NULL AND (id = ANY ($1)) = $2",
+    )
+    .bind(ids)
+    .bind(inside)
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// The WAL between two LSNs as (records, bytes without full-page images), from `pg_waldump
