@@ -191,15 +191,8 @@ async fn main() {
     let mut back_to_back = Vec::with_capacity(samples);
     let mut b2b_ids = Vec::with_capacity(samples);
     for i in 0..samples {
-        let t = Instant::now();
-        let id = store
-            .enqueue(&NewJob::new("ping", json!({"i": i})))
-            .await
-            .unwrap()
-            .job_id;
-        let (got, started) = rx.recv().await.unwrap();
-        assert_eq!(got, id);
-        back_to_back.push(started.duration_since(t).as_secs_f64() * 1000.0);
+        let (id, t, _, started) = pickup(&store, &mut rx, i).await;
+        back_to_back.push(ms(started - t));
         b2b_ids.push(id);
     }
     let b2b_pushed = pushed_among(&pool, &b2b_ids, true).await;
@@ -232,16 +225,9 @@ async fn main() {
         let t = Instant::now();
         store.ping().await.unwrap();
         rtt.push(t.elapsed().as_secs_f64() * 1000.0);
-        let t = Instant::now();
-        let id = store
-            .enqueue(&NewJob::new("ping", json!({"i": i})))
-            .await
-            .unwrap()
-            .job_id;
-        enq.push(t.elapsed().as_secs_f64() * 1000.0);
-        let (got, started) = rx.recv().await.unwrap();
-        assert_eq!(got, id);
-        lat.push(started.duration_since(t).as_secs_f64() * 1000.0);
+        let (_, t, returned, started) = pickup(&store, &mut rx, i).await;
+        enq.push(ms(returned - t));
+        lat.push(ms(started - t));
         let heard = nrx.recv().await.unwrap();
         notified.push(heard.duration_since(t).as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -291,6 +277,29 @@ async fn main() {
         percentile(&mut lat, 0.5),
         percentile(&mut rtt, 0.5)
     );
+}
+
+/// One `ping` job enqueued and its stage started: (job, call made, call returned, stage
+/// started).
+async fn pickup(
+    store: &JobStore,
+    started: &mut mpsc::UnboundedReceiver<(i64, Instant)>,
+    i: usize,
+) -> (i64, Instant, Instant, Instant) {
+    let t = Instant::now();
+    let id = store
+        .enqueue(&NewJob::new("ping", json!({"i": i})))
+        .await
+        .unwrap()
+        .job_id;
+    let returned = Instant::now();
+    let (got, at) = started.recv().await.unwrap();
+    assert_eq!(got, id);
+    (id, t, returned, at)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Jobs pushed to the idle worker (ADR 0020) among `ids` (`inside`) or among the others.

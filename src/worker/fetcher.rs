@@ -8,7 +8,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Completer, Shared, push, runner};
 use crate::lifecycle::Mode;
-use crate::metrics::Metrics;
 
 /// After a failed claim (PostgreSQL unreachable): try again soon, without spinning.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -48,16 +47,7 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
                 Ok(jobs) => {
                     s.lifecycle.settle(reserved, jobs.len());
                     backlog = jobs.len() == reserved;
-                    Metrics::inc(&s.metrics.jobs_claimed, jobs.len() as u64);
-                    if !jobs.is_empty() {
-                        s.signals
-                            .emit(super::Signal::Claimed(jobs.iter().map(|j| j.id).collect()));
-                    }
-                    for job in jobs {
-                        s.metrics.picked_up(&job.kind, job.waited_s.max(0.0));
-                        s.tasks
-                            .spawn(runner::run_job(s.clone(), completer.clone(), job));
-                    }
+                    runner::start(&s, &completer, jobs);
                     if backlog {
                         continue;
                     }

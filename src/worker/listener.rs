@@ -80,14 +80,12 @@ pub(super) async fn listen(s: Arc<Shared>, completer: Completer, stop: Cancellat
                 s.fleet_wake.notify_one();
             }
             Err(e) => {
+                // Unknown until asked again (the branch above, once the pause is over).
                 s.listener_pid.store(0, Ordering::Release);
                 tracing::warn!(error = %e, "LISTEN failed; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(RELISTEN_PAUSE) => {}
-                }
-                if s.config.push {
-                    note_backend(&s, &mut listener).await;
                 }
             }
         }

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use super::{Completer, Shared, Signal, runner};
 use crate::lifecycle::Mode;
-use crate::metrics::Metrics;
-use crate::queue::{Advert, ClaimedJob, PushedJob};
+use crate::queue::{Advert, PushedJob};
 
 /// The advertisement lapses by itself after this many poll intervals: a claim loop renews it
 /// at every poll, so only a worker cut off from PostgreSQL lets it lapse.
@@ -190,7 +189,7 @@ pub(super) fn accept(s: &Arc<Shared>, completer: &Completer, job: PushedJob) {
         s.lifecycle.settle(1, 1);
     }
     let id = job.id;
-    start(s, completer, job.into_claimed());
+    runner::start(s, completer, vec![job.into_claimed()]);
     s.signals.emit(Signal::Pushed(id));
 }
 
@@ -249,9 +248,9 @@ pub(super) async fn withdraw(s: &Arc<Shared>, completer: &Completer) {
                         "started pushed jobs whose notification did not arrive"
                     );
                 }
-                for job in adopted {
-                    let id = job.id;
-                    start(s, completer, job);
+                let ids: Vec<i64> = adopted.iter().map(|j| j.id).collect();
+                runner::start(s, completer, adopted);
+                for id in ids {
                     s.signals.emit(Signal::Adopted(id));
                 }
             }
@@ -272,12 +271,4 @@ fn close(s: &Shared) {
         std::mem::take(&mut st.reserved)
     };
     s.lifecycle.settle(rest, 0);
-}
-
-fn start(s: &Arc<Shared>, completer: &Completer, job: ClaimedJob) {
-    Metrics::inc(&s.metrics.jobs_claimed, 1);
-    s.metrics.picked_up(&job.kind, job.waited_s);
-    s.signals.emit(Signal::Claimed(vec![job.id]));
-    s.tasks
-        .spawn(runner::run_job(s.clone(), completer.clone(), job));
 }

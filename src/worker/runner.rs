@@ -16,6 +16,21 @@ use crate::metrics::Metrics;
 use crate::pipeline::{StageContext, StageError};
 use crate::queue::{ClaimedJob, Transition, TransitionEvent};
 
+/// Starts jobs this process now holds, claimed or pushed (ADR 0020): counted, told to tests
+/// as claimed, each run on a task of its own.
+pub(crate) fn start(s: &Arc<Shared>, completer: &Completer, jobs: Vec<ClaimedJob>) {
+    if jobs.is_empty() {
+        return;
+    }
+    Metrics::inc(&s.metrics.jobs_claimed, jobs.len() as u64);
+    s.signals
+        .emit(super::Signal::Claimed(jobs.iter().map(|j| j.id).collect()));
+    for job in jobs {
+        s.metrics.picked_up(&job.kind, job.waited_s.max(0.0));
+        s.tasks.spawn(run_job(s.clone(), completer.clone(), job));
+    }
+}
+
 pub(crate) async fn run_job(s: Arc<Shared>, completer: Completer, job: ClaimedJob) {
     let cancel = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
