@@ -64,6 +64,12 @@ pub fn push_channel(worker_id: &str) -> String {
     format!("etlq_push_{h:016x}")
 }
 
+// A worker's own advertisement is written without waiting for the WAL flush (synchronous
+// commit off for that one transaction): an enqueue that finds the row held by an
+// advertisement, a top-up or a withdrawal skips it and queues its job, so the shorter the
+// hold, the more jobs are pushed (ADR 0020). Nothing depends on the row surviving a crash:
+// after one, its LISTEN backend is gone and no enqueue pushes to it.
+
 impl JobStore {
     /// Advertises `advert.free` slots for pushed jobs, replacing any earlier advertisement of
     /// `actor` (the worker withdraws before it advertises again). Advertisements that lapsed
@@ -77,7 +83,8 @@ impl JobStore {
             )
             INSERT INTO worker_parking (worker_id, kinds, free, lease_s, channel, generation,
                                         listener_pid, until)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+            SELECT $1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8)
+              FROM (SELECT set_config('synchronous_commit', 'off', true)) no_flush
             ON CONFLICT (worker_id) DO UPDATE
                SET kinds = EXCLUDED.kinds, free = EXCLUDED.free, lease_s = EXCLUDED.lease_s,
                    channel = EXCLUDED.channel, generation = EXCLUDED.generation,
@@ -105,7 +112,11 @@ impl JobStore {
         more: usize,
     ) -> Result<bool, QueueError> {
         let done = sqlx::query(
-            "UPDATE worker_parking SET free = free + $3 WHERE worker_id = $1 AND generation = $2",
+            r#"
+            UPDATE worker_parking SET free = free + $3
+             WHERE worker_id = $1 AND generation = $2
+               AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+            "#,
         )
         .bind(&actor.id)
         .bind(generation as i64)
@@ -119,11 +130,16 @@ impl JobStore {
     /// was none). The DELETE waits for enqueues holding the row, so once it returns every job
     /// pushed to `actor` is committed and visible.
     pub async fn withdraw(&self, actor: &Actor) -> Result<Option<usize>, QueueError> {
-        let free: Option<i32> =
-            sqlx::query_scalar("DELETE FROM worker_parking WHERE worker_id = $1 RETURNING free")
-                .bind(&actor.id)
-                .fetch_optional(&self.control)
-                .await?;
+        let free: Option<i32> = sqlx::query_scalar(
+            r#"
+                DELETE FROM worker_parking
+                 WHERE worker_id = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+                RETURNING free
+                "#,
+        )
+        .bind(&actor.id)
+        .fetch_optional(&self.control)
+        .await?;
         Ok(free.map(|f| f.max(0) as usize))
     }
 

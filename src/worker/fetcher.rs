@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Completer, Shared, push, runner};
@@ -21,6 +22,11 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
     let mut backlog = false;
     // Woken because jobs were queued (not by a freed slot or the poll).
     let mut for_jobs = false;
+    // This loop's advertisement is out (push pickup, ADR 0020), and when it is renewed: at
+    // a fixed time after it went out, not after the loop's last wake-up, or wake-ups for
+    // queued jobs would keep putting it off until it lapsed.
+    let mut advertised = false;
+    let mut renew_at: Option<Instant> = None;
     loop {
         if stop.is_cancelled() {
             return;
@@ -29,14 +35,26 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
             // An advertisement a failed withdrawal left out holds slots: SafeToStop waits
             // for it.
             push::withdraw(&s, &completer).await;
+            advertised = false;
+            renew_at = None;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = status.wait_for(|st| st.mode == Mode::Normal) => continue,
             }
         }
-        let reserved = s.lifecycle.try_reserve(batch, s.config.concurrency);
-        if reserved == 0 && for_jobs {
-            s.parking.nudge();
+        let mut reserved = s.lifecycle.try_reserve(batch, s.config.concurrency);
+        // Woken for queued jobs with no slot to claim them: claim when one frees.
+        let starved = reserved == 0 && for_jobs;
+        if starved {
+            if advertised {
+                // Queued jobs and every free slot offered to pushes: take the slots back.
+                push::withdraw(&s, &completer).await;
+                advertised = false;
+                renew_at = None;
+                reserved = s.lifecycle.try_reserve(batch, s.config.concurrency);
+            } else {
+                s.parking.nudge();
+            }
         }
         if reserved > 0 {
             match s
@@ -49,6 +67,12 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
                     backlog = jobs.len() == reserved;
                     runner::start(&s, &completer, jobs);
                     if backlog {
+                        // A backlog is claimed with every slot, not pushed.
+                        if advertised {
+                            push::withdraw(&s, &completer).await;
+                            advertised = false;
+                            renew_at = None;
+                        }
                         continue;
                     }
                 }
@@ -64,36 +88,53 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
         }
         for_jobs = false;
         let threshold = if backlog { refill } else { 1 };
-        // Idle: offer the free slots to enqueues (push pickup, ADR 0020). The loop that
-        // advertised withdraws when it wakes, whatever woke it.
-        let advertised = !backlog && push::advertise(&s, n).await;
-        let poll = tokio::time::sleep(s.config.poll_interval);
+        // Idle: offer the free slots to enqueues (push pickup, ADR 0020). A wake-up for
+        // queued jobs is claimed beside the advertisement with the slots it does not hold: a
+        // withdrawal there would queue the enqueues that come meanwhile.
+        // (An advertisement still out is kept; one closed meanwhile is made again.)
+        advertised = !backlog && push::advertise(&s, n).await;
+        if !advertised {
+            renew_at = None;
+        }
+        let poll_at = Instant::now() + s.config.poll_interval;
+        let poll = tokio::time::sleep_until(if advertised {
+            *renew_at.get_or_insert(poll_at)
+        } else {
+            poll_at
+        });
         tokio::pin!(poll);
-        let stopping = loop {
+        // Withdraw: renewed at each poll, and when asked (a lost LISTEN connection, or
+        // another loop needing the slots).
+        let (withdraw, stopping) = loop {
             let offer_freed = tokio::select! {
-                _ = stop.cancelled() => break true,
+                _ = stop.cancelled() => break (true, true),
                 _ = s.wake.notified() => {
                     for_jobs = true;
-                    break false;
+                    break (false, false);
                 }
-                _ = s.parking.wake.notified(), if advertised => break false,
+                _ = s.parking.wake.notified(), if advertised => break (true, false),
                 _ = s.parking.freed.notified(), if advertised => true,
-                _ = &mut poll => break false,
+                _ = &mut poll => break (true, false),
                 // While advertising, a freed slot is offered to pushed jobs instead
-                // (`parking.freed`); queued jobs wake the loop themselves.
-                _ = s.slot_freed.notified(), if !advertised => {
+                // (`parking.freed`), and queued jobs wake the loop themselves; so while any
+                // loop advertises, a freed slot wakes only a loop with jobs to claim (an
+                // empty claim per finished job slowed the enqueues beside it).
+                _ = s.slot_freed.notified(),
+                    if !advertised && (backlog || starved || !s.parking.is_open()) => {
                     let free = s.config.concurrency.saturating_sub(s.lifecycle.status().in_flight);
-                    if free >= threshold { break false; }
+                    if free >= threshold { break (false, false); }
                     false
                 }
-                _ = status.wait_for(|st| st.mode != Mode::Normal) => break false,
+                _ = status.wait_for(|st| st.mode != Mode::Normal) => break (true, false),
             };
             if offer_freed {
                 push::top_up(&s).await;
             }
         };
-        if advertised {
+        if advertised && withdraw {
             push::withdraw(&s, &completer).await;
+            advertised = false;
+            renew_at = None;
         }
         if stopping {
             return;

@@ -55,6 +55,11 @@ struct State {
 }
 
 impl Parking {
+    /// An advertisement of this process is out.
+    pub(super) fn is_open(&self) -> bool {
+        self.state.lock().unwrap().open
+    }
+
     /// A slot was freed: if an advertisement is out, its owner adds the slot to it.
     pub(super) fn slot_freed(&self) {
         if self.state.lock().unwrap().open {

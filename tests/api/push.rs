@@ -269,3 +269,56 @@ async fn jobs_enqueued_back_to_back_each_start_once_without_a_rescue() {
     assert!(pushed >= 100, "most were pushed ({pushed} of 150)");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn queued_jobs_are_claimed_beside_the_advertisement_which_is_still_renewed_on_time() {
+    // One claim loop, woken for a queued job every 100 ms for 2.5 s, with a poll of 500 ms
+    // (the advertisement lapses 1 s after it was made). The loop claims each queued job with
+    // the slots it did not advertise and keeps the advertisement (withdrawing at every
+    // wake-up queued the enqueues that came meanwhile), and still renews it at each poll (a
+    // renewal put off by every wake-up let it lapse, and then nothing was pushed).
+    let db = Arc::new(TestDb::new().await);
+    let app = spawn_app_on(db.clone(), etlq::startup::Role::Serve, |s| {
+        s.worker.fetchers = 1;
+        s.worker.poll_interval_ms = 500;
+    })
+    .await;
+    let pool = db.pool.clone();
+    wait_advert(&pool).await;
+    let generation = || async {
+        sqlx::query_scalar::<_, i64>("SELECT generation FROM worker_parking")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let first = generation().await;
+    let mut queued = Vec::new();
+    for i in 0..25 {
+        let keyed = etlq::queue::NewJob {
+            idempotency_key: Some(format!("beside-{i}")),
+            ..etlq::queue::NewJob::new("noop", json!({}))
+        };
+        queued.push(app.store().enqueue(&keyed).await.unwrap().job_id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for &id in &queued {
+        require_state(&app.store(), id, JobState::Succeeded, T).await;
+        assert_eq!(
+            pushed_generation(&pool, id).await,
+            None,
+            "keyed jobs are queued"
+        );
+    }
+    let renewals = generation().await - first;
+    assert!(
+        (1..=12).contains(&renewals),
+        "renewed at each poll (~5 in 2.5 s), not withdrawn at each of 25 wake-ups: {renewals}"
+    );
+    let pushed = app.enqueue("noop", json!({})).await;
+    assert!(
+        pushed_generation(&pool, pushed).await.is_some(),
+        "the advertisement did not lapse"
+    );
+    require_state(&app.store(), pushed, JobState::Succeeded, T).await;
+    app.stop().await;
+}
