@@ -22,10 +22,9 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
     let mut backlog = false;
     // Woken because jobs were queued (not by a freed slot or the poll).
     let mut for_jobs = false;
-    // This loop's advertisement is out (push pickup, ADR 0020), and when it is renewed: at
-    // a fixed time after it went out, not after the loop's last wake-up, or wake-ups for
+    // While this loop's advertisement is out (push pickup, ADR 0020): when it is renewed, a
+    // fixed time after it went out, not after the loop's last wake-up, or wake-ups for
     // queued jobs would keep putting it off until it lapsed.
-    let mut advertised = false;
     let mut renew_at: Option<Instant> = None;
     loop {
         if stop.is_cancelled() {
@@ -35,7 +34,6 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
             // An advertisement a failed withdrawal left out holds slots: SafeToStop waits
             // for it.
             push::withdraw(&s, &completer).await;
-            advertised = false;
             renew_at = None;
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -46,11 +44,9 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
         // Woken for queued jobs with no slot to claim them: claim when one frees.
         let starved = reserved == 0 && for_jobs;
         if starved {
-            if advertised {
+            if renew_at.is_some() {
                 // Queued jobs and every free slot offered to pushes: take the slots back.
-                push::withdraw(&s, &completer).await;
-                advertised = false;
-                renew_at = None;
+                withdraw_own(&s, &completer, &mut renew_at).await;
                 reserved = s.lifecycle.try_reserve(batch, s.config.concurrency);
             } else {
                 s.parking.nudge();
@@ -68,11 +64,7 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
                     runner::start(&s, &completer, jobs);
                     if backlog {
                         // A backlog is claimed with every slot, not pushed.
-                        if advertised {
-                            push::withdraw(&s, &completer).await;
-                            advertised = false;
-                            renew_at = None;
-                        }
+                        withdraw_own(&s, &completer, &mut renew_at).await;
                         continue;
                     }
                 }
@@ -92,16 +84,14 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
         // queued jobs is claimed beside the advertisement with the slots it does not hold: a
         // withdrawal there would queue the enqueues that come meanwhile.
         // (An advertisement still out is kept; one closed meanwhile is made again.)
-        advertised = !backlog && push::advertise(&s, n).await;
-        if !advertised {
+        let poll_at = Instant::now() + s.config.poll_interval;
+        if !backlog && push::advertise(&s, n).await {
+            renew_at.get_or_insert(poll_at);
+        } else {
             renew_at = None;
         }
-        let poll_at = Instant::now() + s.config.poll_interval;
-        let poll = tokio::time::sleep_until(if advertised {
-            *renew_at.get_or_insert(poll_at)
-        } else {
-            poll_at
-        });
+        let advertised = renew_at.is_some();
+        let poll = tokio::time::sleep_until(renew_at.unwrap_or(poll_at));
         tokio::pin!(poll);
         // Withdraw: renewed at each poll, and when asked (a lost LISTEN connection, or
         // another loop needing the slots).
@@ -131,13 +121,18 @@ pub(super) async fn fetch(n: usize, s: Arc<Shared>, completer: Completer, stop: 
                 push::top_up(&s).await;
             }
         };
-        if advertised && withdraw {
-            push::withdraw(&s, &completer).await;
-            advertised = false;
-            renew_at = None;
+        if withdraw {
+            withdraw_own(&s, &completer, &mut renew_at).await;
         }
         if stopping {
             return;
         }
+    }
+}
+
+/// Withdraws this loop's advertisement, if it has one out.
+async fn withdraw_own(s: &Arc<Shared>, completer: &Completer, renew_at: &mut Option<Instant>) {
+    if renew_at.take().is_some() {
+        push::withdraw(s, completer).await;
     }
 }
