@@ -132,10 +132,10 @@ impl JobStore {
     pub async fn withdraw(&self, actor: &Actor) -> Result<Option<usize>, QueueError> {
         let free: Option<i32> = sqlx::query_scalar(
             r#"
-                DELETE FROM worker_parking
-                 WHERE worker_id = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-                RETURNING free
-                "#,
+            DELETE FROM worker_parking
+             WHERE worker_id = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+            RETURNING free
+            "#,
         )
         .bind(&actor.id)
         .fetch_optional(&self.control)
