@@ -226,12 +226,12 @@ async fn main() {
     for i in 0..samples {
         let t = Instant::now();
         store.ping().await.unwrap();
-        rtt.push(t.elapsed().as_secs_f64() * 1000.0);
+        rtt.push(ms(t.elapsed()));
         let (_, t, returned, started) = pickup(&store, &mut rx, i).await;
         enq.push(ms(returned - t));
         lat.push(ms(started - t));
         let heard = nrx.recv().await.unwrap();
-        notified.push(heard.duration_since(t).as_secs_f64() * 1000.0);
+        notified.push(ms(heard - t));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     listening.abort();

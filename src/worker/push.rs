@@ -26,8 +26,8 @@ const MIN_TTL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub(crate) struct Parking {
     state: std::sync::Mutex<State>,
-    /// Wakes the claim loop that owns the advertisement (the LISTEN connection was lost, so
-    /// notifications may have been missed).
+    /// Asks the claim loop that owns the advertisement to withdraw it: the LISTEN connection
+    /// was lost (notifications may have been missed), or another loop needs the slots.
     pub(super) wake: tokio::sync::Notify,
     /// A slot was freed while an advertisement is out: the owning loop offers it too.
     pub(super) freed: tokio::sync::Notify,
@@ -62,8 +62,16 @@ impl Parking {
 
     /// A slot was freed: if an advertisement is out, its owner adds the slot to it.
     pub(super) fn slot_freed(&self) {
-        if self.state.lock().unwrap().open {
+        if self.is_open() {
             self.freed.notify_one();
+        }
+    }
+
+    /// A claim loop woken for queued jobs found every free slot advertised: the owner
+    /// withdraws, and claims.
+    pub(super) fn nudge(&self) {
+        if self.is_open() {
+            self.wake.notify_one();
         }
     }
 }
@@ -122,18 +130,8 @@ fn offered(s: &Shared) -> usize {
     (s.config.fetch_batch.min(s.config.concurrency) / 2).max(1)
 }
 
-impl Parking {
-    /// A claim loop woken for queued jobs found every free slot advertised: the owner
-    /// withdraws, and claims.
-    pub(super) fn nudge(&self) {
-        if self.state.lock().unwrap().open {
-            self.wake.notify_one();
-        }
-    }
-}
-
-/// Adds the slots freed since the advertisement went out to it (up to a batch offered at
-/// once), so jobs enqueued one after another keep being pushed without a withdrawal between.
+/// Adds the slots freed since the advertisement went out to it (up to what an advertisement
+/// offers), so jobs enqueued one after another keep being pushed without a withdrawal between.
 pub(super) async fn top_up(s: &Shared) {
     let _one = s.parking.busy.lock().await;
     let (generation, more) = {
