@@ -6,6 +6,7 @@ mod cli;
 mod console;
 mod cosmos;
 mod datasets;
+mod enqueue;
 mod etl;
 mod etl_failures;
 mod etl_process;

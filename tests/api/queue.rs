@@ -1,7 +1,7 @@
-//! Queue semantics against real PostgreSQL: enqueue, claim order, retries, dead letters,
-//! cancellation, rescue and fencing, retention, and exactly-once stages under concurrency.
+//! Queue semantics against real PostgreSQL: claim order, retries, dead letters, cancellation,
+//! rescue and fencing, retention, and exactly-once stages under concurrency. Enqueue itself is
+//! in `enqueue.rs`.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,62 +50,6 @@ fn rules() -> RescueRules {
 
 fn kinds() -> Vec<String> {
     vec!["test".into(), "noop".into()]
-}
-
-#[tokio::test]
-async fn idempotent_enqueue_returns_the_existing_job_single_and_bulk() {
-    let db = TestDb::new().await;
-    let store = db.store();
-    let mut job = NewJob::new("noop", json!({"n": 1}));
-    job.idempotency_key = Some("upload-42".into());
-    let first = store.enqueue(&job).await.unwrap();
-    let again = store.enqueue(&job).await.unwrap();
-    assert!(first.created);
-    assert!(!again.created);
-    assert_eq!(first.job_id, again.job_id);
-
-    let mut fresh = NewJob::new("noop", json!({}));
-    fresh.idempotency_key = Some("upload-43".into());
-    let plain = NewJob::new("noop", json!({}));
-    let out = store
-        .enqueue_many(&[plain.clone(), job.clone(), fresh, plain])
-        .await
-        .unwrap();
-    assert_eq!(out[1].job_id, first.job_id);
-    assert!(!out[1].created);
-    assert!(out[0].created && out[2].created && out[3].created);
-    let ids: HashSet<i64> = out.iter().map(|e| e.job_id).collect();
-    assert_eq!(ids.len(), 4);
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(total, 4, "the duplicate key inserted nothing");
-}
-
-#[tokio::test]
-async fn bulk_enqueue_returns_ids_in_input_order_with_one_event_each() {
-    let db = TestDb::new().await;
-    let jobs: Vec<NewJob> = (0..1000)
-        .map(|i| NewJob::new("noop", json!({"i": i})))
-        .collect();
-    let out = db.store().enqueue_many(&jobs).await.unwrap();
-    assert_eq!(out.len(), 1000);
-    let rows: Vec<(i64, i64)> =
-        sqlx::query_as("SELECT id, (payload->>'i')::int8 FROM jobs ORDER BY id")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    let by_id: HashMap<i64, i64> = rows.into_iter().collect();
-    for (i, e) in out.iter().enumerate() {
-        assert_eq!(by_id[&e.job_id], i as i64, "job for input {i}");
-    }
-    let events: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM job_events WHERE event = 'enqueued'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(events, 1000);
 }
 
 #[tokio::test]
