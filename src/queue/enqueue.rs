@@ -204,6 +204,7 @@ impl JobStore {
             j.check()?;
         }
         if jobs.is_empty() {
+            // Nothing to write (and `array_agg` over no ids would be NULL).
             return Ok(Vec::new());
         }
         if jobs

@@ -122,4 +122,5 @@ async fn bulk_enqueue_of_plain_jobs_keeps_every_byte_priority_and_attempts() {
         jobs.len() as i64,
         "the arrivals trigger counted them"
     );
+    assert!(db.store().enqueue_many(&[]).await.unwrap().is_empty());
 }
