@@ -122,6 +122,37 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// How long a pooled connection may have sat idle and still be handed out without a ping.
+/// sqlx pings every connection as it comes back to the pool, so one used this recently was
+/// checked a moment ago; pinging it again on acquire put a round trip in front of every
+/// statement (a quarter of a single enqueue's latency). One idle longer, which the server may
+/// have dropped or restarted under since, is pinged first — as pgx's pool, River's driver,
+/// does by default.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// The options of every pool etlq opens: [`pool_options_pinging_after`] with
+/// [`PING_IF_IDLE_FOR`].
+pub fn pool_options() -> PgPoolOptions {
+    pool_options_pinging_after(PING_IF_IDLE_FOR)
+}
+
+/// Pool options that hand out a connection idle for less than `idle` without a ping. One
+/// that broke meanwhile fails its statement with an I/O error or the server's 57P01, which
+/// callers treat as PostgreSQL unreachable (a worker retries, the API answers 503), and is
+/// closed when it comes back.
+pub fn pool_options_pinging_after(idle: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= idle {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// The pools one process uses. `control` is small and separate so lease renewals and worker
 /// heartbeats never queue behind claims, completions and sink writes on `main`: a live worker
 /// must never lose a job because its own pool was busy (ARCHITECTURE.md invariant).
@@ -138,7 +169,7 @@ impl Pools {
     /// Builds the control pool beside an existing main pool (tests and benchmarks connect the
     /// main pool themselves). The control pool connects lazily.
     pub fn from_main(main: PgPool, control_acquire_timeout: Duration) -> Pools {
-        let control = PgPoolOptions::new()
+        let control = pool_options()
             .max_connections(CONTROL_POOL_SIZE)
             .acquire_timeout(control_acquire_timeout)
             .connect_lazy_with((*main.connect_options()).clone());
@@ -212,7 +243,7 @@ async fn connect_main(settings: &DatabaseSettings, wait: Duration) -> Result<PgP
             tokio::time::sleep(pauses.next().expect("endless")).await;
             continue;
         }
-        let attempt = PgPoolOptions::new()
+        let attempt = pool_options()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
             .connect_with(opts.clone())

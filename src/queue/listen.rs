@@ -30,7 +30,7 @@ impl JobStore {
     /// outside the main pool (a listener holds its connection for good). With `push`, it also
     /// hears the jobs pushed to this worker on that channel.
     pub async fn listen(&self, push: Option<&str>) -> Result<Listener, QueueError> {
-        let own = sqlx::postgres::PgPoolOptions::new()
+        let own = crate::db::pool_options()
             .max_connections(1)
             .connect_lazy_with((*self.pool.connect_options()).clone());
         let mut l = PgListener::connect_with(&own).await?;

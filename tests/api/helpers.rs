@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -125,7 +124,7 @@ impl TestDb {
             .expect("create test database");
         admin.close().await.ok();
         let url = with_database(&server_url(), &name);
-        let pool = PgPoolOptions::new()
+        let pool = etlq::db::pool_options()
             .max_connections(10)
             .connect_with(etlq::db::connect_options(&url).unwrap())
             .await

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::Connection;
-use sqlx::postgres::PgPoolOptions;
 
 use etlq::queue::{JobState, JobStore, NewJob};
 
@@ -120,7 +119,7 @@ impl Cluster {
     /// A small pool on the cluster (schema migrated: a no-op after the first time) and a job
     /// store over it.
     async fn connect(&self) -> (sqlx::PgPool, JobStore) {
-        let pool = PgPoolOptions::new()
+        let pool = etlq::db::pool_options()
             .max_connections(2)
             .connect(&self.url())
             .await
@@ -420,7 +419,7 @@ async fn a_frozen_postgres_costs_live_workers_nothing() {
     let cluster = Cluster::start();
     let (pool, store) = cluster.connect().await;
     let pools = etlq::db::Pools::from_main(
-        PgPoolOptions::new()
+        etlq::db::pool_options()
             .max_connections(10)
             .connect(&cluster.url())
             .await
@@ -498,5 +497,47 @@ async fn a_frozen_postgres_costs_live_workers_nothing() {
         tokio::time::timeout(Duration::from_secs(30), app.wait())
             .await
             .expect("app stops within 30 s");
+    }
+}
+
+/// The pool hands out a connection used a moment ago without pinging it first (a round trip
+/// off every statement's path) and pings one idle for longer (`db::PING_IF_IDLE_FOR`, 1 s).
+/// So a backend the server ended just after its last use fails the next statement once, as
+/// unreachable — what the worker retries and the API answers with 503 — and is replaced; one
+/// ended while idle is replaced before anyone sees it. The two thresholds are set wide apart
+/// here so that no pause of a busy machine decides the outcome.
+#[tokio::test]
+async fn a_connection_the_server_ended_is_replaced() {
+    let db = TestDb::new().await;
+    for (idle, fails_once) in [(Duration::from_secs(3600), true), (Duration::ZERO, false)] {
+        let pool = etlq::db::pool_options_pinging_after(idle)
+            .max_connections(1)
+            .connect_with(etlq::db::connect_options(&db.url).unwrap())
+            .await
+            .unwrap();
+        let backend = || sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()").fetch_one(&pool);
+        let first = backend().await.unwrap();
+        // Back in the pool (sqlx pings it on the way), then ended by the server.
+        while pool.num_idle() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 10000)")
+            .bind(first)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert!(ended);
+        if fails_once {
+            let err = backend()
+                .await
+                .expect_err("an unchecked dead connection fails");
+            assert!(
+                etlq::db::is_unavailable(&err),
+                "classed as unreachable: {err}"
+            );
+        }
+        let next = backend().await.expect("the pool replaced the connection");
+        assert_ne!(next, first);
+        pool.close().await;
     }
 }
