@@ -7,13 +7,17 @@
 //! `job_events`), and pickup latency (enqueue call → stage start) p50/p99 with a worker that
 //! has nothing else to do: back to back as graphile-worker's latency test runs, then with
 //! idle time between samples and split into steps.
+//!
+//! `--json FILE --run-no N` also appends each measurement to FILE as a JSON line shaped like
+//! the peers' kit's results (system, run, phase, jobs_per_s, wal_bytes_per_job, p50, ...), so
+//! `scripts/bench-vs-peers` can set them beside graphile-worker's runs of the same sitting.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{arg, median, percentile};
+use common::{arg, arg_text, cpu_seconds, median, percentile};
 
 use futures_util::FutureExt;
 use serde_json::{Value, json};
@@ -66,6 +70,35 @@ fn start_worker(
     (metrics, stop, h)
 }
 
+/// Where `--json` sends the measurements: one JSON line each, appended.
+struct Results {
+    file: Option<String>,
+    first_run: usize,
+    config: String,
+}
+
+impl Results {
+    fn record(&self, run: usize, phase: &str, fields: Value) {
+        let Some(file) = &self.file else { return };
+        let mut line = json!({
+            "system": "etlq",
+            "config": self.config,
+            "run": self.first_run + run - 1,
+            "phase": phase,
+        });
+        if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .unwrap_or_else(|e| panic!("--json {file}: {e}"));
+        writeln!(f, "{line}").unwrap();
+    }
+}
+
 async fn truncate(pool: &PgPool) {
     sqlx::query("TRUNCATE jobs, job_event_log, dead_letters, workers, job_keys, job_counts")
         .execute(pool)
@@ -85,7 +118,17 @@ async fn main() {
     let concurrency = arg("--concurrency", 1000);
     let batch = arg("--batch", 500);
     let samples = arg("--samples", 300);
+    let results = Results {
+        file: arg_text("--json"),
+        first_run: arg("--run-no", 1),
+        config: format!("concurrency {concurrency}, batch {batch}"),
+    };
     let (url, pool) = common::fresh_db(&server, "etlq_bench").await;
+    // Where the server keeps its postmaster.pid, for its CPU time (when it runs here).
+    let data_dir: Option<String> = sqlx::query_scalar("SELECT current_setting('data_directory')")
+        .fetch_one(&pool)
+        .await
+        .ok();
     let store = JobStore::new(&Pools::from_main(pool.clone(), Duration::from_secs(5)), 5);
     let noop: Vec<NewJob> = (0..jobs)
         .map(|_| NewJob::new("noop", Value::Null))
@@ -95,7 +138,11 @@ async fn main() {
     let mut process_rates = Vec::new();
     let mut wal_per_job = Vec::new();
     let mut wal_non_fpi = Vec::new();
-    for run in 1..=runs {
+    // `--warmup N`: N runs first that count for nothing, so the measured ones start on warm
+    // connections (their plans cached, as a long-running worker's are), as the peers' kit
+    // measures graphile-worker's tuned processing as its database's third processing phase.
+    let warmup = arg("--warmup", 0);
+    for run in 1 - warmup as isize..=runs as isize {
         truncate(&pool).await;
         let t = Instant::now();
         store.enqueue_many(&noop).await.unwrap();
@@ -113,6 +160,7 @@ async fn main() {
             .fetch_one(&pool)
             .await
             .unwrap();
+        let (client0, server0) = cpu_seconds(data_dir.as_deref());
         let mut registry = Registry::new();
         registry.register(noop_kind());
         let s = settings(&url, concurrency, batch);
@@ -122,6 +170,8 @@ async fn main() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = t.elapsed().as_secs_f64();
+        let (client1, server1) = cpu_seconds(data_dir.as_deref());
+        let per_job = |s: f64| (s * 1e6 / jobs as f64).round();
         let wal: f64 =
             sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
                 .bind(&lsn0)
@@ -147,11 +197,38 @@ async fn main() {
         assert_eq!(done as usize, jobs, "every job succeeded");
         let proc_rate = jobs as f64 / elapsed;
         let non_fpi = split.map(|(_, rec)| rec / jobs as f64);
+        if run < 1 {
+            println!("warm-up: processed {proc_rate:.0} jobs/s (not counted)");
+            continue;
+        }
+        let run = run as usize;
+        results.record(
+            run,
+            "enqueue_bulk",
+            json!({ "jobs": jobs, "jobs_per_s": enq.round() }),
+        );
+        results.record(
+            run,
+            "process",
+            json!({
+                "jobs": jobs,
+                "jobs_per_s": proc_rate.round(),
+                "wal_bytes_per_job": (wal / jobs as f64).round(),
+                "wal_nonfpi_bytes_per_job": non_fpi.map(f64::round),
+                "wal_records_per_job": split.map(|(records, _)| records / jobs as f64),
+                "pg_cpu_us_per_job": server0.zip(server1).map(|(a, b)| per_job(b - a)),
+                "client_cpu_us_per_job": per_job(client1 - client0),
+            }),
+        );
         println!(
-            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job ({} without full-page images), {:.3} commits/job",
+            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job ({} without full-page images), {:.3} commits/job, CPU per job: PostgreSQL {}, etlq {:.0} µs",
             wal / jobs as f64,
             non_fpi.map_or("?".into(), |b| format!("{b:.0} B")),
-            (c1 - c0) / jobs as f64
+            (c1 - c0) / jobs as f64,
+            server0
+                .zip(server1)
+                .map_or("?".into(), |(a, b)| format!("{:.0} µs", per_job(b - a))),
+            per_job(client1 - client0),
         );
         if let Some(b) = non_fpi {
             wal_non_fpi.push(b);
@@ -238,6 +315,17 @@ async fn main() {
     stop.cancel();
     handle.await.unwrap();
     let pushed = pushed_among(&pool, &b2b_ids, false).await;
+    // The latency is measured once per invocation, after its runs: it belongs to the last.
+    results.record(
+        runs,
+        "latency_ms",
+        json!({
+            "n": samples,
+            "pushed": b2b_pushed,
+            "p50": percentile(&mut back_to_back, 0.5),
+            "p99": percentile(&mut back_to_back, 0.99),
+        }),
+    );
 
     println!();
     println!("| measurement ({jobs} no-op jobs, median of {runs}) | etlq |");

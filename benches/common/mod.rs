@@ -30,7 +30,7 @@ pub async fn fresh_db(server: &str, name: &str) -> (String, sqlx::PgPool) {
         }
     }
     let url = format!("{server}/{name}");
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    let pool = etlq::db::pool_options()
         .max_connections(20)
         .connect_with(etlq::db::connect_options(&url).unwrap())
         .await
@@ -58,12 +58,18 @@ pub async fn drop_db(server: &str, name: &str) {
 
 /// The value after `--name` on the command line, else `default`.
 pub fn arg(name: &str, default: usize) -> usize {
+    arg_text(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The value after `name` on the command line, as text.
+pub fn arg_text(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .cloned()
 }
 
 /// The PostgreSQL server to measure on: BENCH_PG, else the local default.
@@ -178,4 +184,38 @@ impl DieWithParent for Command {
             })
         }
     }
+}
+
+/// CPU seconds used so far by this process and by the PostgreSQL server whose data directory
+/// is `data_dir` (the postmaster, the children it reaped, and its live children), read from
+/// /proc as the peers' kit reads them; None for the server when it is not on this machine.
+pub fn cpu_seconds(data_dir: Option<&str>) -> (f64, Option<f64>) {
+    // USER_HZ: 100 on Linux, as the kit assumes.
+    const HZ: f64 = 100.0;
+    // The fields after the command name (which may hold spaces): state is index 0, ppid 1,
+    // utime 11, stime 12, cutime 13, cstime 14.
+    fn fields(pid: &str) -> Option<Vec<u64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.get(stat.rfind(')')? + 2..)?;
+        Some(rest.split(' ').map(|f| f.parse().unwrap_or(0)).collect())
+    }
+    let own = fields("self").map_or(0, |f| f[11] + f[12]) as f64 / HZ;
+    let server = data_dir.and_then(|dir| {
+        let pid_file = std::fs::read_to_string(format!("{dir}/postmaster.pid")).ok()?;
+        let pm: u64 = pid_file.lines().next()?.trim().parse().ok()?;
+        let p = fields(&pm.to_string())?;
+        let mut ticks = p[11] + p[12] + p[13] + p[14];
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str() else { continue };
+            if pid.parse::<u64>().is_ok_and(|n| n != pm)
+                && let Some(f) = fields(pid)
+                && f.get(1) == Some(&pm)
+            {
+                ticks += f[11] + f[12];
+            }
+        }
+        Some(ticks as f64 / HZ)
+    });
+    (own, server)
 }
