@@ -324,9 +324,11 @@ impl JobStore {
         for (id, j) in ids.iter().zip(jobs) {
             use std::io::Write as _;
             let _ = write!(rows, "{id}\t");
-            copy_text(&mut rows, &j.kind);
+            let _ = CopyText(&mut rows).write_all(j.kind.as_bytes());
             rows.push(b'\t');
-            copy_text(&mut rows, &j.payload.to_string());
+            // Serialized straight through the escaper, not into a String first.
+            serde_json::to_writer(CopyText(&mut rows), &j.payload)
+                .map_err(|e| QueueError::Invalid(format!("payload: {e}")))?;
             let priority = j.priority.unwrap_or(0);
             let attempts = j.max_attempts.unwrap_or(self.default_max_attempts);
             let _ = writeln!(rows, "\t{priority}\t{attempts}");
@@ -346,15 +348,25 @@ impl JobStore {
     }
 }
 
-/// `s` as a column of COPY's text format: backslash, tab, newline and carriage return escaped.
-fn copy_text(out: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
+/// Writes what it is given as a column of COPY's text format: backslash, tab, newline and
+/// carriage return escaped.
+struct CopyText<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for CopyText<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            match b {
+                b'\\' => self.0.extend_from_slice(b"\\\\"),
+                b'\t' => self.0.extend_from_slice(b"\\t"),
+                b'\n' => self.0.extend_from_slice(b"\\n"),
+                b'\r' => self.0.extend_from_slice(b"\\r"),
+                _ => self.0.push(b),
+            }
         }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
