@@ -38,6 +38,8 @@ use etlq::worker::Worker;
 fn settings(url: &str, concurrency: usize, batch: usize) -> Settings {
     let mut s = Settings::defaults();
     s.worker.fetchers = arg("--fetchers", s.worker.fetchers);
+    s.worker.completion_wait_ms =
+        arg("--completion-wait-ms", s.worker.completion_wait_ms as usize) as u64;
     s.database.url = url.into();
     s.worker.concurrency = concurrency;
     s.worker.fetch_batch = batch;

@@ -354,6 +354,20 @@ mod tests {
     }
 
     #[test]
+    fn a_completion_wait_that_would_throttle_the_worker_is_refused() {
+        assert_eq!(load(None, &[]).unwrap().worker.completion_wait_ms, 1);
+        let ok = load(None, &env(&[("ETLQ__WORKER__COMPLETION_WAIT_MS", "1000")])).unwrap();
+        assert_eq!(ok.worker.completion_wait_ms, 1000);
+        let e = load(None, &env(&[("ETLQ__WORKER__COMPLETION_WAIT_MS", "1001")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("worker.completion_wait_ms must be at most 1000"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_replaced_key_names_what_replaced_it() {
         let env = [(
             "ETLQ__MAINTENANCE__SUCCEEDED_RETENTION_HOURS".to_string(),

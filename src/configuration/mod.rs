@@ -225,6 +225,10 @@ pub struct DatabaseSettings {
     pub startup_wait_ms: u64,
 }
 
+/// Longest `worker.completion_wait_ms`: the wait holds each job's slot, and past this it would
+/// be a throttle rather than a gathering of completions.
+pub const MAX_COMPLETION_WAIT_MS: u64 = 1000;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
@@ -239,6 +243,9 @@ pub struct WorkerSettings {
     pub heartbeat_ms: u64,
     pub worker_ttl_ms: u64,
     pub outage_tolerance_ms: u64,
+    /// A small batch of transitions (completions, checkpoints) waits this long for more before
+    /// it is written (ADR 0023); 0 writes each batch at once.
+    pub completion_wait_ms: u64,
     pub max_consecutive_rescues: i32,
     #[serde(default)]
     pub version: String,
@@ -332,6 +339,11 @@ impl Settings {
         }
         if self.worker.lease_ms < 300 {
             return bad("worker.lease_ms must be at least 300");
+        }
+        if self.worker.completion_wait_ms > MAX_COMPLETION_WAIT_MS {
+            return bad(
+                "worker.completion_wait_ms must be at most 1000 (each job keeps its slot while its completion waits)",
+            );
         }
         if self.worker.max_consecutive_rescues < 1 {
             return bad("worker.max_consecutive_rescues must be at least 1");

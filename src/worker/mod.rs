@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     /// How long a job is held while PostgreSQL is unreachable before it is given up (and left
     /// for a rescuer). Outages shorter than this cost no job and no attempt.
     pub outage_tolerance: Duration,
+    /// How long a small batch of transitions waits for more before it is written (ADR 0023).
+    pub completion_wait: Duration,
     pub backoff: Backoff,
 }
 
@@ -92,6 +94,7 @@ impl WorkerConfig {
             lease: s.worker.lease(),
             heartbeat: Duration::from_millis(s.worker.heartbeat_ms),
             outage_tolerance: Duration::from_millis(s.worker.outage_tolerance_ms),
+            completion_wait: Duration::from_millis(s.worker.completion_wait_ms),
             backoff: crate::queue::job_backoff(&s.retry),
         }
     }
@@ -189,6 +192,7 @@ impl Worker {
             s.actor.clone(),
             s.metrics.clone(),
             s.config.outage_tolerance,
+            s.config.completion_wait,
             abandon.clone(),
         );
         s.tasks.spawn(listener::listen(

@@ -75,6 +75,55 @@ async fn several_claim_loops_never_run_more_jobs_than_the_cap() {
     app.stop().await;
 }
 
+/// How many statements finished `ids`: one transaction gives its jobs one `finished_at`.
+async fn finishing_statements(pool: &sqlx::PgPool, ids: &[i64]) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT finished_at) FROM jobs WHERE id = ANY ($1)")
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Four single enqueues 80 ms apart, each run as it arrives; how many statements finished them
+/// with `worker.completion_wait_ms = wait`.
+async fn finish_four_spread_out(wait: u64) -> i64 {
+    let db = Arc::new(TestDb::new().await);
+    let app = spawn_app_on(db.clone(), Role::Serve, |s| {
+        s.worker.completion_wait_ms = wait;
+    })
+    .await;
+    let store = app.store();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(app.enqueue("test", json!({})).await);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    for &id in &ids {
+        require_state(&store, id, JobState::Succeeded, T).await;
+    }
+    let n = finishing_statements(&db.pool, &ids).await;
+    app.stop().await;
+    n
+}
+
+#[tokio::test]
+async fn small_batches_of_completions_wait_for_each_other_only_as_long_as_configured() {
+    // A window longer than the four arrivals (240 ms): the first job's checkpoint waits for
+    // the others', and from then on the four move, and finish, together.
+    assert_eq!(
+        finish_four_spread_out(1000).await,
+        1,
+        "one statement finished all four"
+    );
+    // No wait: each job, 80 ms after the one before, is finished by a statement of its own
+    // (at least two, so a stalled machine merging two neighbours does not fail the test).
+    let apart = finish_four_spread_out(0).await;
+    assert!(
+        apart >= 2,
+        "with no wait, {apart} statement(s) finished four spread-out jobs"
+    );
+}
+
 #[tokio::test]
 async fn a_statement_postgres_refuses_fails_its_job_at_once_and_the_worker_goes_on() {
     let app = spawn_app().await;
