@@ -341,9 +341,9 @@ impl Settings {
             return bad("worker.lease_ms must be at least 300");
         }
         if self.worker.completion_wait_ms > MAX_COMPLETION_WAIT_MS {
-            return bad(
-                "worker.completion_wait_ms must be at most 1000 (each job keeps its slot while its completion waits)",
-            );
+            return bad(&format!(
+                "worker.completion_wait_ms must be at most {MAX_COMPLETION_WAIT_MS} (each job keeps its slot while its completion waits)"
+            ));
         }
         if self.worker.max_consecutive_rescues < 1 {
             return bad("worker.max_consecutive_rescues must be at least 1");
