@@ -8,6 +8,9 @@
 //! has nothing else to do: back to back as graphile-worker's latency test runs, then with
 //! idle time between samples and split into steps.
 //!
+//! `--wal-records` prints, for each run, where a processed job's WAL goes by record type
+//! (`pg_waldump --stats=record`; the server must be on this machine).
+//!
 //! `--json FILE --run-no N` also appends each measurement to FILE as a JSON line shaped like
 //! the peers' kit's results (system, run, phase, jobs_per_s, wal_bytes_per_job, p50, ...), so
 //! `scripts/bench-vs-peers` can set them beside graphile-worker's runs of the same sitting.
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{arg, arg_text, cpu_seconds, median, percentile};
+use common::{arg, arg_text, cpu_seconds, flag, median, percentile};
 
 use futures_util::FutureExt;
 use serde_json::{Value, json};
@@ -119,7 +122,7 @@ async fn main() {
     let runs = arg("--runs", 3);
     let concurrency = arg("--concurrency", 1000);
     let batch = arg("--batch", 500);
-    let samples = arg("--samples", 300);
+    let samples = arg("--samples", 1000);
     let results = Results {
         file: arg_text("--json"),
         first_run: arg("--run-no", 1),
@@ -146,9 +149,22 @@ async fn main() {
     let warmup = arg("--warmup", 0);
     for run in 1 - warmup as isize..=runs as isize {
         truncate(&pool).await;
+        // The peers' kit checkpoints before its enqueue phases too: the WAL a job writes over
+        // its whole life is its enqueue's share plus its processing's.
+        sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
+        let lsn_enq: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         let t = Instant::now();
         store.enqueue_many(&noop).await.unwrap();
         let enq = jobs as f64 / t.elapsed().as_secs_f64();
+        let enq_wal: f64 =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+                .bind(&lsn_enq)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
 
         // As the peers' kit does before each phase: fresh statistics and a checkpoint, so the
         // WAL counted includes the full-page images a real run writes after each checkpoint.
@@ -186,6 +202,9 @@ async fn main() {
             .await
             .unwrap();
         let split = wal_split(&pool, &lsn0, &lsn1).await;
+        if flag("--wal-records") {
+            wal_by_record(&pool, &lsn0, &lsn1, jobs).await;
+        }
         stop.cancel();
         handle.await.unwrap();
         let done: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
@@ -207,7 +226,11 @@ async fn main() {
         results.record(
             run,
             "enqueue_bulk",
-            json!({ "jobs": jobs, "jobs_per_s": enq.round() }),
+            json!({
+                "jobs": jobs,
+                "jobs_per_s": enq.round(),
+                "wal_bytes_per_job": (enq_wal / jobs as f64).round(),
+            }),
         );
         results.record(
             run,
@@ -223,7 +246,8 @@ async fn main() {
             }),
         );
         println!(
-            "run {run}: enqueue {enq:.0} jobs/s, processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job ({} without full-page images), {:.3} commits/job, CPU per job: PostgreSQL {}, etlq {:.0} µs",
+            "run {run}: enqueue {enq:.0} jobs/s ({:.0} B of WAL/job), processed {proc_rate:.0} jobs/s ({events} history rows kept), WAL {:.0} B/job ({} without full-page images), {:.3} commits/job, CPU per job: PostgreSQL {}, etlq {:.0} µs",
+            enq_wal / jobs as f64,
             wal / jobs as f64,
             non_fpi.map_or("?".into(), |b| format!("{b:.0} B")),
             (c1 - c0) / jobs as f64,
@@ -253,7 +277,16 @@ async fn main() {
     )));
     let s = settings(&url, 10, 10);
     let (_m, stop, handle) = start_worker(&s, &pool, registry);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Warmed up as graphile-worker's latency test is (the peers' kit): 100 jobs enqueued at
+    // once and run, then 2 s of rest, before the first sample.
+    let warm: Vec<NewJob> = (0..100)
+        .map(|i| NewJob::new("ping", json!({ "warm": i })))
+        .collect();
+    store.enqueue_many(&warm).await.unwrap();
+    for _ in 0..warm.len() {
+        rx.recv().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let mut push: Option<String> = None;
     for _ in 0..100 {
         push = sqlx::query_scalar("SELECT channel FROM worker_parking")
@@ -412,6 +445,48 @@ async fn pushed_among(pool: &PgPool, ids: &[i64], inside: bool) -> i64 {
 /// --stats` over the server's own pg_wal (as the peers' kit splits it); None when this
 /// machine cannot read it (another host, no pg_waldump).
 async fn wal_split(pool: &PgPool, from: &str, to: &str) -> Option<(f64, f64)> {
+    let text = waldump(pool, "--stats", from, to).await?;
+    let total = text.lines().find(|l| l.starts_with("Total"))?;
+    let mut nums = total.split_whitespace().skip(1);
+    let records: f64 = nums.next()?.parse().ok()?;
+    let bytes: f64 = nums.next()?.parse().ok()?;
+    Some((records, bytes))
+}
+
+/// `--wal-records`: where a processed job's WAL goes, by record type (records, bytes and
+/// full-page-image bytes per job), as `pg_waldump --stats=record` counts it.
+async fn wal_by_record(pool: &PgPool, from: &str, to: &str, jobs: usize) {
+    let Some(text) = waldump(pool, "--stats=record", from, to).await else {
+        println!("  (pg_waldump could not read the server's pg_wal)");
+        return;
+    };
+    println!(
+        "  {:<28} {:>8} {:>8} {:>8}",
+        "WAL per job: record", "count", "bytes", "FPI B"
+    );
+    for line in text.lines().skip(3) {
+        // Type  N (%)  Record size (%)  FPI size (%)  Combined size (%)
+        let cols: Vec<&str> = line
+            .split_whitespace()
+            .filter(|c| !c.starts_with('(') && !c.ends_with(')') && !c.starts_with('['))
+            .collect();
+        let (Some(name), Some(n), Some(rec), Some(fpi)) =
+            (cols.first(), cols.get(1), cols.get(2), cols.get(3))
+        else {
+            continue;
+        };
+        let num = |c: &str| c.parse::<f64>().ok().map(|v| v / jobs as f64);
+        if let (Some(n), Some(rec), Some(fpi)) = (num(n), num(rec), num(fpi))
+            && rec + fpi >= 1.0
+        {
+            println!("  {name:<28} {n:>8.2} {rec:>8.0} {fpi:>8.0}");
+        }
+    }
+}
+
+/// `pg_waldump` with `stats` over the server's pg_wal between two LSNs; None when this machine
+/// cannot read it.
+async fn waldump(pool: &PgPool, stats: &str, from: &str, to: &str) -> Option<String> {
     let dir: String = sqlx::query_scalar("SELECT current_setting('data_directory')")
         .fetch_one(pool)
         .await
@@ -427,24 +502,11 @@ async fn wal_split(pool: &PgPool, from: &str, to: &str) -> Option<(f64, f64)> {
     ];
     let out = waldump.iter().find_map(|bin| {
         std::process::Command::new(bin)
-            .args([
-                "--stats",
-                "-p",
-                &format!("{dir}/pg_wal"),
-                "-s",
-                from,
-                "-e",
-                to,
-            ])
+            .args([stats, "-p", &format!("{dir}/pg_wal"), "-s", from, "-e", to])
             .stderr(std::process::Stdio::null())
             .output()
             .ok()
             .filter(|o| o.status.success())
     })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let total = text.lines().find(|l| l.starts_with("Total"))?;
-    let mut nums = total.split_whitespace().skip(1);
-    let records: f64 = nums.next()?.parse().ok()?;
-    let bytes: f64 = nums.next()?.parse().ok()?;
-    Some((records, bytes))
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }

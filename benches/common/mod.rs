@@ -72,6 +72,11 @@ pub fn arg_text(name: &str) -> Option<String> {
         .cloned()
 }
 
+/// Whether `name` is on the command line.
+pub fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 /// The PostgreSQL server to measure on: BENCH_PG, else the local default.
 pub fn bench_server() -> String {
     std::env::var("BENCH_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())

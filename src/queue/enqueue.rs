@@ -51,16 +51,27 @@ impl JobStore {
             // LISTEN backend is gone (it died) or whose advertisement lapsed gets nothing;
             // without a slot the job is queued as before.
             r#"
-            WITH slot AS (
-                UPDATE worker_parking w SET free = w.free - 1
-                 WHERE w.worker_id = (
-                        SELECT p.worker_id FROM worker_parking p
-                         WHERE p.free > 0 AND p.until > now() AND $1 = ANY (p.kinds)
+            WITH taken AS (
+                -- One slot row of a live advertisement (migration 14): held by no other push
+                -- and no withdrawal. The advertisement's own row is read, not locked, so a
+                -- top-up (which inserts slots) never makes a push queue its job.
+                DELETE FROM parking_slots t
+                 WHERE t.ctid = (
+                        SELECT s.ctid FROM parking_slots s
+                          JOIN worker_parking p
+                            ON p.worker_id = s.worker_id AND p.generation = s.generation
+                         WHERE p.until > now() AND $1 = ANY (p.kinds)
                            AND $6 <= 0 AND octet_length($2::text) <= $7
                            AND EXISTS (SELECT 1 FROM pg_stat_get_activity(p.listener_pid))
                          LIMIT 1
-                         FOR UPDATE SKIP LOCKED)
-                RETURNING w.worker_id, w.lease_s, w.channel, w.generation
+                         FOR UPDATE OF s SKIP LOCKED)
+                RETURNING t.worker_id, t.generation
+            ),
+            slot AS (
+                SELECT p.worker_id, p.lease_s, p.channel, p.generation
+                  FROM taken t
+                  JOIN worker_parking p
+                    ON p.worker_id = t.worker_id AND p.generation = t.generation
             ),
             ins AS (
                 INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at,

@@ -1,4 +1,5 @@
-//! Push pickup (ADR 0020): an idle worker advertises free slots in `worker_parking`; a single
+//! Push pickup (ADR 0020): an idle worker advertises free slots (`worker_parking`, one row of
+//! `parking_slots` per slot); a single
 //! enqueue that finds one inserts its job already running under that worker's lease and
 //! notifies the worker's own channel with the job. These are the worker's side of it:
 //! advertise, withdraw, and find the jobs pushed to it whose notification it missed.
@@ -64,11 +65,12 @@ pub fn push_channel(worker_id: &str) -> String {
     format!("etlq_push_{h:016x}")
 }
 
-// A worker's own advertisement is written without waiting for the WAL flush (synchronous
-// commit off for that one transaction): an enqueue that finds the row held by an
-// advertisement, a top-up or a withdrawal skips it and queues its job, so the shorter the
-// hold, the more jobs are pushed (ADR 0020). Nothing depends on the row surviving a crash:
-// after one, its LISTEN backend is gone and no enqueue pushes to it.
+// A worker's own advertisement, top-ups and withdrawal are written without waiting for the
+// WAL flush (synchronous commit off for that one transaction): an enqueue skips the slots a
+// withdrawal holds and queues its job, so the shorter the hold, the more jobs are pushed
+// (ADR 0020). A push takes a slot row and never the advertisement's row, so a top-up (which
+// only inserts slots) holds nothing a push needs. Nothing depends on the rows surviving a
+// crash: after one, the worker's LISTEN backend is gone and no enqueue pushes to it.
 
 impl JobStore {
     /// Advertises `advert.free` slots for pushed jobs, replacing any earlier advertisement of
@@ -80,15 +82,25 @@ impl JobStore {
             WITH lapsed AS (
                 DELETE FROM worker_parking
                  WHERE until < now() - interval '10 minutes' AND worker_id <> $1
+                RETURNING worker_id
+            ),
+            lapsed_slots AS (
+                DELETE FROM parking_slots WHERE worker_id IN (SELECT worker_id FROM lapsed)
+            ),
+            ad AS (
+                -- `free` is 0: the slots are rows of parking_slots (migration 14), and a
+                -- worker of the previous release reading `free` pushes nothing here.
+                INSERT INTO worker_parking (worker_id, kinds, free, lease_s, channel,
+                                            generation, listener_pid, until)
+                SELECT $1, $2, 0, $4, $5, $6, $7, now() + make_interval(secs => $8)
+                  FROM (SELECT set_config('synchronous_commit', 'off', true)) no_flush
+                ON CONFLICT (worker_id) DO UPDATE
+                   SET kinds = EXCLUDED.kinds, free = 0, lease_s = EXCLUDED.lease_s,
+                       channel = EXCLUDED.channel, generation = EXCLUDED.generation,
+                       listener_pid = EXCLUDED.listener_pid, until = EXCLUDED.until
             )
-            INSERT INTO worker_parking (worker_id, kinds, free, lease_s, channel, generation,
-                                        listener_pid, until)
-            SELECT $1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8)
-              FROM (SELECT set_config('synchronous_commit', 'off', true)) no_flush
-            ON CONFLICT (worker_id) DO UPDATE
-               SET kinds = EXCLUDED.kinds, free = EXCLUDED.free, lease_s = EXCLUDED.lease_s,
-                   channel = EXCLUDED.channel, generation = EXCLUDED.generation,
-                   listener_pid = EXCLUDED.listener_pid, until = EXCLUDED.until
+            INSERT INTO parking_slots (worker_id, generation)
+            SELECT $1, $6 FROM generate_series(1, $3)
             "#,
         )
         .bind(&actor.id)
@@ -113,8 +125,10 @@ impl JobStore {
     ) -> Result<bool, QueueError> {
         let done = sqlx::query(
             r#"
-            UPDATE worker_parking SET free = free + $3
-             WHERE worker_id = $1 AND generation = $2
+            INSERT INTO parking_slots (worker_id, generation)
+            SELECT p.worker_id, p.generation
+              FROM worker_parking p CROSS JOIN generate_series(1, $3)
+             WHERE p.worker_id = $1 AND p.generation = $2
                AND set_config('synchronous_commit', 'off', true) IS NOT NULL
             "#,
         )
@@ -123,24 +137,38 @@ impl JobStore {
         .bind(more as i32)
         .execute(&self.control)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.rows_affected() > 0)
     }
 
     /// Withdraws `actor`'s advertisement and returns the slots no enqueue took (None: there
     /// was none). The DELETE waits for enqueues holding the row, so once it returns every job
     /// pushed to `actor` is committed and visible.
     pub async fn withdraw(&self, actor: &Actor) -> Result<Option<usize>, QueueError> {
-        let free: Option<i32> = sqlx::query_scalar(
+        // The slots first, in a statement of their own: deleting a slot a push holds waits
+        // for that push's commit, and the advertisement goes only once no push holds a slot.
+        let mut tx = self.control.begin().await?;
+        let free: i64 = sqlx::query_scalar(
             r#"
-            DELETE FROM worker_parking
-             WHERE worker_id = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-            RETURNING free
+            WITH gone AS (
+                DELETE FROM parking_slots
+                 WHERE worker_id = $1
+                   AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+                RETURNING 1
+            )
+            SELECT count(*) FROM gone
             "#,
         )
         .bind(&actor.id)
-        .fetch_optional(&self.control)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(free.map(|f| f.max(0) as usize))
+        let had = sqlx::query("DELETE FROM worker_parking WHERE worker_id = $1")
+            .bind(&actor.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        tx.commit().await?;
+        Ok(had.then_some(free as usize))
     }
 
     /// Jobs pushed to `actor` under advertisement `generation` that still run under the

@@ -136,9 +136,11 @@ pub(super) async fn top_up(s: &Shared) {
     let _one = s.parking.busy.lock().await;
     let (generation, more) = {
         let mut st = s.parking.state.lock().unwrap();
-        // Topped up once half is taken: each top-up holds the row for a moment, and an
-        // enqueue that finds it held queues its job instead.
-        if !st.open || st.reserved > offered(s) / 2 {
+        // Topped up at every freed slot: a top-up only inserts slot rows, which no push
+        // waits for or skips (migration 14). Once half was taken, as when the slots were a
+        // count in the advertisement's row, the pushes of jobs enqueued one after another
+        // ran the slots out before the freed ones came back: one in ten was queued.
+        if !st.open || st.reserved >= offered(s) {
             return;
         }
         let want = offered(s).saturating_sub(st.reserved);

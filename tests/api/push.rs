@@ -18,10 +18,15 @@ const T: Duration = Duration::from_secs(20);
 
 /// The advertisement out, as (worker, free slots, listener backend), if any.
 async fn advert(pool: &PgPool) -> Option<(String, i32, i32)> {
-    sqlx::query_as("SELECT worker_id, free, listener_pid FROM worker_parking")
-        .fetch_optional(pool)
-        .await
-        .unwrap()
+    sqlx::query_as(
+        "SELECT p.worker_id, (SELECT count(*)::int4 FROM parking_slots s
+                               WHERE s.worker_id = p.worker_id AND s.generation = p.generation),
+                p.listener_pid
+           FROM worker_parking p",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
 }
 
 async fn wait_advert(pool: &PgPool) -> (String, i32, i32) {
@@ -131,6 +136,58 @@ async fn an_idle_worker_starts_a_pushed_job_from_its_notification_and_it_reads_a
         app.store().get(queued).await.unwrap().state,
         JobState::Queued
     );
+    app.stop().await;
+}
+
+/// A push takes a slot row and never the advertisement's row: an enqueue is pushed while a
+/// top-up or an advertisement holds that row and while another push holds a slot. With the
+/// slots a count in the advertisement's row, each of those made it queue its job.
+#[tokio::test]
+async fn a_push_is_not_turned_away_by_a_top_up_or_another_push_in_flight() {
+    let app = spawn_app().await;
+    let pool = app.db.pool.clone();
+    let (worker, _, _) = wait_advert(&pool).await;
+    let generation = || async {
+        sqlx::query_scalar::<_, i64>("SELECT generation FROM worker_parking")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    let mut tries = 0;
+    let id = loop {
+        tries += 1;
+        wait_advert(&pool).await;
+        let before = generation().await;
+        let mut held = pool.begin().await.unwrap();
+        // What a top-up or an advertisement holds while it writes: the advertisement's row.
+        sqlx::query("SELECT 1 FROM worker_parking WHERE worker_id = $1 FOR UPDATE")
+            .bind(&worker)
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        // And a push in flight: one slot.
+        sqlx::query("SELECT 1 FROM parking_slots WHERE worker_id = $1 LIMIT 1 FOR UPDATE")
+            .bind(&worker)
+            .execute(&mut *held)
+            .await
+            .unwrap();
+        let id = app.enqueue("test", json!({})).await;
+        held.rollback().await.unwrap();
+        if pushed_generation(&pool, id).await.is_some() {
+            break id;
+        }
+        // The worker withdraws at every poll (each second); a withdrawal that began inside
+        // this moment holds every slot, and then the job is rightly queued. Anything else
+        // is the failure this test is for.
+        wait_advert(&pool).await;
+        assert!(
+            generation().await != before && tries < 3,
+            "job {id} was queued beside an open advertisement whose row and one slot were held"
+        );
+        require_state(&app.store(), id, JobState::Succeeded, T).await;
+    };
+    require_state(&app.store(), id, JobState::Succeeded, T).await;
+    assert_ran_once(&app, id, &worker).await;
     app.stop().await;
 }
 

@@ -171,6 +171,7 @@ const TABLE_OWNERS: &[(&str, &[&str])] = &[
             "job_keys",
             "job_counts",
             "worker_parking",
+            "parking_slots",
         ],
     ),
     ("fleet/", &["workers"]),
