@@ -85,7 +85,12 @@ impl JobStore {
                 RETURNING worker_id
             ),
             lapsed_slots AS (
-                DELETE FROM parking_slots WHERE worker_id IN (SELECT worker_id FROM lapsed)
+                -- Also slots whose advertisement is gone without them: a worker of the
+                -- previous release, during a rolling deploy, removes lapsed advertisements
+                -- and knows nothing of their slots.
+                DELETE FROM parking_slots s
+                 WHERE s.worker_id IN (SELECT worker_id FROM lapsed)
+                    OR NOT EXISTS (SELECT 1 FROM worker_parking p WHERE p.worker_id = s.worker_id)
             ),
             ad AS (
                 -- `free` is 0: the slots are rows of parking_slots (migration 14), and a
@@ -146,29 +151,27 @@ impl JobStore {
     pub async fn withdraw(&self, actor: &Actor) -> Result<Option<usize>, QueueError> {
         // The slots first, in a statement of their own: deleting a slot a push holds waits
         // for that push's commit, and the advertisement goes only once no push holds a slot.
+        // Slots of an earlier advertisement (one whose withdrawal failed) go too, but only
+        // the current one's count as untaken.
         let mut tx = self.control.begin().await?;
-        let free: i64 = sqlx::query_scalar(
+        let slots: Vec<i64> = sqlx::query_scalar(
             r#"
-            WITH gone AS (
-                DELETE FROM parking_slots
-                 WHERE worker_id = $1
-                   AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-                RETURNING 1
-            )
-            SELECT count(*) FROM gone
+            DELETE FROM parking_slots
+             WHERE worker_id = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+            RETURNING generation
             "#,
         )
         .bind(&actor.id)
-        .fetch_one(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        let had = sqlx::query("DELETE FROM worker_parking WHERE worker_id = $1")
-            .bind(&actor.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            > 0;
+        let current: Option<i64> = sqlx::query_scalar(
+            "DELETE FROM worker_parking WHERE worker_id = $1 RETURNING generation",
+        )
+        .bind(&actor.id)
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(had.then_some(free as usize))
+        Ok(current.map(|g| slots.iter().filter(|&&s| s == g).count()))
     }
 
     /// Jobs pushed to `actor` under advertisement `generation` that still run under the

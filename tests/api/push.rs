@@ -147,6 +147,12 @@ async fn a_push_is_not_turned_away_by_a_top_up_or_another_push_in_flight() {
     let app = spawn_app().await;
     let pool = app.db.pool.clone();
     let (worker, _, _) = wait_advert(&pool).await;
+    // A slot whose advertisement is gone without it (a worker of the previous release, in a
+    // rolling deploy, removes lapsed advertisements only): the next advertisement clears it.
+    sqlx::query("INSERT INTO parking_slots (worker_id, generation) VALUES ('etlq-gone', 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
     let generation = || async {
         sqlx::query_scalar::<_, i64>("SELECT generation FROM worker_parking")
             .fetch_optional(&pool)
@@ -188,6 +194,15 @@ async fn a_push_is_not_turned_away_by_a_top_up_or_another_push_in_flight() {
     };
     require_state(&app.store(), id, JobState::Succeeded, T).await;
     assert_ran_once(&app, id, &worker).await;
+    wait_for(T, "the orphaned slot to be cleared", || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM parking_slots WHERE worker_id = 'etlq-gone'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
     app.stop().await;
 }
 
