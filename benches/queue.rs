@@ -152,19 +152,11 @@ async fn main() {
         // The peers' kit checkpoints before its enqueue phases too: the WAL a job writes over
         // its whole life is its enqueue's share plus its processing's.
         sqlx::query("CHECKPOINT").execute(&pool).await.unwrap();
-        let lsn_enq: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let lsn_enq = wal_lsn(&pool).await;
         let t = Instant::now();
         store.enqueue_many(&noop).await.unwrap();
         let enq = jobs as f64 / t.elapsed().as_secs_f64();
-        let enq_wal: f64 =
-            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
-                .bind(&lsn_enq)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let enq_wal = wal_since(&pool, &lsn_enq).await;
 
         // As the peers' kit does before each phase: fresh statistics and a checkpoint, so the
         // WAL counted includes the full-page images a real run writes after each checkpoint.
@@ -174,10 +166,7 @@ async fn main() {
         let commits =
             "SELECT xact_commit::float8 FROM pg_stat_database WHERE datname = current_database()";
         let c0: f64 = sqlx::query_scalar(commits).fetch_one(&pool).await.unwrap();
-        let lsn0: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let lsn0 = wal_lsn(&pool).await;
         let (client0, server0) = cpu_seconds(data_dir.as_deref());
         let mut registry = Registry::new();
         registry.register(noop_kind());
@@ -190,20 +179,14 @@ async fn main() {
         let elapsed = t.elapsed().as_secs_f64();
         let (client1, server1) = cpu_seconds(data_dir.as_deref());
         let per_job = |s: f64| (s * 1e6 / jobs as f64).round();
-        let wal: f64 =
-            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
-                .bind(&lsn0)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let wal = wal_since(&pool, &lsn0).await;
         let c1: f64 = sqlx::query_scalar(commits).fetch_one(&pool).await.unwrap();
-        let lsn1: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        let split = wal_split(&pool, &lsn0, &lsn1).await;
+        let lsn1 = wal_lsn(&pool).await;
+        // One `pg_waldump` for both: its per-record statistics end with the same totals.
+        let dump = waldump(&pool, "--stats=record", &lsn0, &lsn1).await;
+        let split = dump.as_deref().and_then(wal_split);
         if flag("--wal-records") {
-            wal_by_record(&pool, &lsn0, &lsn1, jobs).await;
+            wal_by_record(dump.as_deref(), jobs);
         }
         stop.cancel();
         handle.await.unwrap();
@@ -441,11 +424,9 @@ async fn pushed_among(pool: &PgPool, ids: &[i64], inside: bool) -> i64 {
     .unwrap()
 }
 
-/// The WAL between two LSNs as (records, bytes without full-page images), from `pg_waldump
-/// --stats` over the server's own pg_wal (as the peers' kit splits it); None when this
-/// machine cannot read it (another host, no pg_waldump).
-async fn wal_split(pool: &PgPool, from: &str, to: &str) -> Option<(f64, f64)> {
-    let text = waldump(pool, "--stats", from, to).await?;
+/// The WAL of a `pg_waldump --stats` output as (records, bytes without full-page images), as
+/// the peers' kit splits it.
+fn wal_split(text: &str) -> Option<(f64, f64)> {
     let total = text.lines().find(|l| l.starts_with("Total"))?;
     let mut nums = total.split_whitespace().skip(1);
     let records: f64 = nums.next()?.parse().ok()?;
@@ -455,8 +436,8 @@ async fn wal_split(pool: &PgPool, from: &str, to: &str) -> Option<(f64, f64)> {
 
 /// `--wal-records`: where a processed job's WAL goes, by record type (records, bytes and
 /// full-page-image bytes per job), as `pg_waldump --stats=record` counts it.
-async fn wal_by_record(pool: &PgPool, from: &str, to: &str, jobs: usize) {
-    let Some(text) = waldump(pool, "--stats=record", from, to).await else {
+fn wal_by_record(text: Option<&str>, jobs: usize) {
+    let Some(text) = text else {
         println!("  (pg_waldump could not read the server's pg_wal)");
         return;
     };
@@ -482,6 +463,23 @@ async fn wal_by_record(pool: &PgPool, from: &str, to: &str, jobs: usize) {
             println!("  {name:<28} {n:>8.2} {rec:>8.0} {fpi:>8.0}");
         }
     }
+}
+
+/// The server's WAL position now.
+async fn wal_lsn(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Bytes of WAL written since `lsn`.
+async fn wal_since(pool: &PgPool, lsn: &str) -> f64 {
+    sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+        .bind(lsn)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// `pg_waldump` with `stats` over the server's pg_wal between two LSNs; None when this machine

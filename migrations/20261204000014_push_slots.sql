@@ -2,13 +2,14 @@
 --
 -- An advertisement's free slots were a count in its `worker_parking` row, which every push
 -- decremented and every top-up incremented: an enqueue that met a top-up (or another push)
--- holding the row skipped it (SKIP LOCKED) and queued its job — one back-to-back pickup in
--- ten at concurrency 10, each ~3 ms instead of ~0.7. Now each free slot is a row here: a
--- push deletes one (SKIP LOCKED), a top-up inserts more, and neither holds the
--- advertisement's own row, so they never meet.
+-- holding the row skipped it (SKIP LOCKED) and queued its job, so top-ups waited until half
+-- the slots were taken, and pushes one after another ran the slots out first — one
+-- back-to-back pickup in ten at concurrency 10 went through a claim. Now each free slot is a
+-- row here: a push deletes one (SKIP LOCKED), a top-up inserts more at every freed slot, and
+-- neither holds the advertisement's own row, so they never meet.
 --
--- The withdrawal deletes the slots and then the advertisement; deleting a slot a push holds
--- waits for that push, so afterwards every job pushed to the worker is committed, as before.
+-- The withdrawal deletes the slots and the advertisement; deleting a slot a push holds waits
+-- for that push, so afterwards every job pushed to the worker is committed, as before.
 -- `worker_parking.free` stays for workers of the previous release during a rolling deploy:
 -- this release writes 0 there, so those workers' enqueues push nothing to it, and its own
 -- enqueues push only through slots, so nothing to theirs; their jobs are queued and claimed.

@@ -51,27 +51,23 @@ impl JobStore {
             // LISTEN backend is gone (it died) or whose advertisement lapsed gets nothing;
             // without a slot the job is queued as before.
             r#"
-            WITH taken AS (
+            WITH slot AS (
                 -- One slot row of a live advertisement (migration 14): held by no other push
                 -- and no withdrawal. The advertisement's own row is read, not locked, so a
                 -- top-up (which inserts slots) never makes a push queue its job.
                 DELETE FROM parking_slots t
+                 USING worker_parking p
                  WHERE t.ctid = (
                         SELECT s.ctid FROM parking_slots s
-                          JOIN worker_parking p
-                            ON p.worker_id = s.worker_id AND p.generation = s.generation
-                         WHERE p.until > now() AND $1 = ANY (p.kinds)
+                          JOIN worker_parking a
+                            ON a.worker_id = s.worker_id AND a.generation = s.generation
+                         WHERE a.until > now() AND $1 = ANY (a.kinds)
                            AND $6 <= 0 AND octet_length($2::text) <= $7
-                           AND EXISTS (SELECT 1 FROM pg_stat_get_activity(p.listener_pid))
+                           AND EXISTS (SELECT 1 FROM pg_stat_get_activity(a.listener_pid))
                          LIMIT 1
                          FOR UPDATE OF s SKIP LOCKED)
-                RETURNING t.worker_id, t.generation
-            ),
-            slot AS (
-                SELECT p.worker_id, p.lease_s, p.channel, p.generation
-                  FROM taken t
-                  JOIN worker_parking p
-                    ON p.worker_id = t.worker_id AND p.generation = t.generation
+                   AND p.worker_id = t.worker_id AND p.generation = t.generation
+                RETURNING p.worker_id, p.lease_s, p.channel, p.generation
             ),
             ins AS (
                 INSERT INTO jobs (kind, payload, idempotency_key, priority, max_attempts, run_at,

@@ -146,32 +146,27 @@ impl JobStore {
     }
 
     /// Withdraws `actor`'s advertisement and returns the slots no enqueue took (None: there
-    /// was none). The DELETE waits for enqueues holding the row, so once it returns every job
-    /// pushed to `actor` is committed and visible.
+    /// was none). Deleting a slot a push holds waits for that push, so once it returns every
+    /// job pushed to `actor` is committed and visible. Slots of an earlier advertisement (one
+    /// whose withdrawal failed) go too, but only the current one's count as untaken.
     pub async fn withdraw(&self, actor: &Actor) -> Result<Option<usize>, QueueError> {
-        // The slots first, in a statement of their own: deleting a slot a push holds waits
-        // for that push's commit, and the advertisement goes only once no push holds a slot.
-        // Slots of an earlier advertisement (one whose withdrawal failed) go too, but only
-        // the current one's count as untaken.
-        let mut tx = self.control.begin().await?;
-        let slots: Vec<i64> = sqlx::query_scalar(
+        let free: Option<i64> = sqlx::query_scalar(
             r#"
-            DELETE FROM parking_slots
-             WHERE worker_id = $1 AND set_config('synchronous_commit', 'off', true) IS NOT NULL
-            RETURNING generation
+            WITH slots AS (
+                DELETE FROM parking_slots WHERE worker_id = $1 RETURNING generation
+            ),
+            ad AS (
+                DELETE FROM worker_parking WHERE worker_id = $1 RETURNING generation
+            )
+            -- Read at commit, so set anywhere in the statement.
+            SELECT (SELECT count(*) FROM slots s WHERE s.generation = ad.generation)
+              FROM ad, (SELECT set_config('synchronous_commit', 'off', true)) no_flush
             "#,
         )
         .bind(&actor.id)
-        .fetch_all(&mut *tx)
+        .fetch_optional(&self.control)
         .await?;
-        let current: Option<i64> = sqlx::query_scalar(
-            "DELETE FROM worker_parking WHERE worker_id = $1 RETURNING generation",
-        )
-        .bind(&actor.id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(current.map(|g| slots.iter().filter(|&&s| s == g).count()))
+        Ok(free.map(|f| f as usize))
     }
 
     /// Jobs pushed to `actor` under advertisement `generation` that still run under the
