@@ -107,56 +107,11 @@ impl JobStore {
         limit: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, QueueError> {
+        // The statement is etlq_claim's (migration 15): a function, so that its plan is
+        // generic and cached per connection, not planned again at every claim (ADR 0024).
         let jobs = sqlx::query_as::<_, ClaimedJob>(
-            r#"
-            WITH picked AS (
-                -- Each kind's due jobs in order from its own part of jobs_live_claim_idx, then the
-                -- best of them: queued jobs of kinds this process does not run are never read.
-                -- Rows locked here and cut by the outer LIMIT are free again at commit.
-                SELECT p.id, p.prev_state, p.due_at,
-                       -- A job's first claim is kept in its row (started_at, lease_owner);
-                       -- any later one writes its `claimed` event (ADR 0018).
-                       (p.first_claim_in_row AND p.started_at IS NULL) AS first_claim,
-                       row_number() OVER (ORDER BY p.priority, p.due_at, p.id) AS ord
-                FROM unnest($5::text[]) AS k(kind)
-                CROSS JOIN LATERAL (
-                    SELECT id, state AS prev_state, run_at AS due_at, priority, started_at,
-                           first_claim_in_row
-                    FROM jobs
-                    WHERE kind = k.kind AND state IN ('queued', 'retrying') AND run_at <= now()
-                      AND finished_at IS NULL -- jobs_live only
-                    ORDER BY priority, run_at, id
-                    LIMIT $1
-                    FOR UPDATE SKIP LOCKED
-                ) p
-                ORDER BY p.priority, p.due_at, p.id
-                LIMIT $1
-            ),
-            claimed AS (
-                UPDATE jobs j
-                SET state = 'running', attempts = j.attempts + 1, lease_owner = $2,
-                    lease_expires_at = now() + make_interval(secs => $3),
-                    fencing_token = j.fencing_token + 1,
-                    started_at = coalesce(j.started_at, now()), updated_at = now(),
-                    first_claim_in_row = picked.first_claim
-                FROM picked
-                -- The ANY keeps the plan on the primary key; a bare join to the CTE hash-joins
-                -- against a scan of the whole table, which grows with history.
-                WHERE j.id = picked.id AND j.id = ANY (ARRAY(SELECT id FROM picked))
-                  AND j.finished_at IS NULL
-                RETURNING j.id, j.kind, j.payload, j.checkpoint, j.attempts, j.max_attempts,
-                          j.fencing_token, j.stage, picked.prev_state, picked.ord, picked.first_claim,
-                          extract(epoch FROM now() - picked.due_at)::float8 AS waited_s
-            ),
-            ev AS (
-                INSERT INTO job_event_log (job_id, event, from_state, to_state, stage, attempt,
-                                        fencing_token, worker_id, worker_version)
-                SELECT id, 'claimed', prev_state, 'running', stage, attempts, fencing_token, $2, $4
-                FROM claimed WHERE NOT first_claim
-            )
-            SELECT id, kind, payload, checkpoint, attempts, max_attempts, fencing_token, waited_s
-            FROM claimed ORDER BY ord
-            "#,
+            "SELECT id, kind, payload, checkpoint, attempts, max_attempts, fencing_token, waited_s
+             FROM etlq_claim($1, $2, $3, $4, $5)",
         )
         .bind(limit as i64)
         .bind(&actor.id)
