@@ -603,7 +603,7 @@ async fn a_saturated_main_pool_never_costs_a_live_worker_its_jobs() {
     api.stop().await;
 }
 
-/// One kind's candidate scan as `JobStore::claim` words it, explained.
+/// One kind's candidate scan as `etlq_claim` (what `JobStore::claim` calls) words it, explained.
 async fn claim_plan(pool: &sqlx::PgPool) -> String {
     let rows: Vec<String> = sqlx::query_scalar(
         "EXPLAIN SELECT id FROM jobs
