@@ -264,3 +264,87 @@ async fn events_written_into_the_view_are_stored_and_told_once() {
         "each told once, from the stored rows"
     );
 }
+
+/// (arrived, departed, succeeded, failed) over every minute so far, rolled up or not.
+async fn minute_sums(db: &TestDb) -> (i64, i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT coalesce(sum(arrived), 0)::int8, coalesce(sum(departed), 0)::int8,
+                coalesce(sum(succeeded), 0)::int8, coalesce(sum(failed), 0)::int8
+           FROM (SELECT arrived, departed, succeeded, failed FROM job_minute_deltas
+                 UNION ALL
+                 SELECT arrived, departed, succeeded, failed FROM job_event_minutes) m",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_counts_its_own_departures_and_the_statements_after_it_are_counted_as_before() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    let a = worker("a");
+    let lease = Duration::from_secs(30);
+    let jobs: Vec<NewJob> = (0..5).map(|_| NewJob::new("noop", json!({}))).collect();
+    store.enqueue_many(&jobs).await.unwrap();
+    assert_eq!(minute_sums(&db).await, (5, 0, 0, 0));
+
+    // The claim writes its own delta (ADR 0024); the triggers skip its statement.
+    let first = claim_one(&store, &a, lease).await;
+    let more = store
+        .claim(&a, &["noop".to_string()], 2, lease)
+        .await
+        .unwrap();
+    assert_eq!(more.len(), 2);
+    assert_eq!(minute_sums(&db).await, (5, 3, 0, 0));
+
+    // The retry is counted by the triggers (an arrival and a failure).
+    let retry = TransitionEvent::RetryScheduled {
+        error: "again".into(),
+        delay_ms: 0,
+    };
+    store.apply(&a, &[ended(&first, retry)]).await.unwrap();
+    assert_eq!(minute_sums(&db).await, (6, 3, 0, 1));
+
+    // The claim's mark ends with its statement: an update later in the same transaction (here
+    // a job handed back to the queue by hand) is counted by the triggers.
+    let mut tx = db.pool.begin().await.unwrap();
+    let claimed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM etlq_claim(1, 'b', 30, 'v', '{noop}')")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert_eq!(claimed, 1);
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+          WHERE lease_owner = 'b'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(minute_sums(&db).await, (7, 4, 0, 1));
+
+    // The rest departs in one claim, the retried job from 'retrying' among them.
+    let all = store
+        .claim(&a, &["noop".to_string()], 3, lease)
+        .await
+        .unwrap();
+    let again = all
+        .into_iter()
+        .find(|j| j.id == first.id)
+        .expect("the retried job is claimed again");
+    assert_eq!(again.attempts, 2);
+    assert_eq!(minute_sums(&db).await, (7, 7, 0, 1));
+
+    // Finishing is counted by the triggers, per minute and per day.
+    store.apply(&a, &[ended(&again, done())]).await.unwrap();
+    assert_eq!(minute_sums(&db).await, (7, 7, 1, 1));
+    let finished: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(n), 0)::int8 FROM job_counts WHERE state = 'succeeded'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(finished, 1);
+}
