@@ -184,3 +184,49 @@ async fn sigterm_mid_stage_finishes_the_stage_releases_the_job_and_exits_zero() 
             .unwrap();
     assert_eq!((mode.as_str(), stopped), ("SafeToStop", true));
 }
+
+/// During a rolling deploy the next release migrates first. A process of the previous release
+/// that restarts then (a crash, a host moved) finds a migration it does not know: it must
+/// start, migrate nothing, and run jobs (ADR 0025). Without `ignore_missing` it refused to
+/// start ("migration … was previously applied but is missing").
+#[tokio::test]
+async fn a_process_restarting_after_a_newer_release_migrated_starts_and_runs_jobs() {
+    let db = Arc::new(TestDb::new().await);
+    let newer: i64 = 29991231000001;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES ($1, 'from a newer release', true, '\\x00'::bytea, 1)",
+    )
+    .bind(newer)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etlq"))
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .env_remove("ETLQ_CONFIG")
+        .output()
+        .expect("run etlq migrate");
+    assert!(
+        out.status.success(),
+        "etlq migrate on a newer schema: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _p = spawn_process("worker", &process_env(&db.url, "v1"));
+    let id = db.enqueue("test", json!({})).await;
+    require_state(&db.store(), id, JobState::Succeeded, T).await;
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions.last(), Some(&newer), "the newer migration is left alone");
+    assert_eq!(
+        versions.len(),
+        etlq::db::MIGRATOR.iter().count() + 1,
+        "nothing migrated twice or taken back"
+    );
+}
