@@ -197,79 +197,13 @@ impl JobStore {
                 }
             }
         }
+        // The statement is etlq_apply_transitions' (migration 17): a function, so that it can
+        // count the transitions it makes itself, which the counting triggers would otherwise
+        // read back through their transition tables (ADR 0024). Every transition is fenced:
+        // it applies only while the job is `running` under the same token.
         let query = sqlx::query_scalar(
-            r#"
-            WITH input AS (
-                SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[],
-                                     $6::text[], $7::text[], $8::int4[], $9::float8[], $10::text[],
-                                     $11::int4[], $12::float8[])
-                    AS t(id, token, event, to_state, stage, next_stage, output, attempt_delta,
-                         delay_s, error, attempt, duration_ms)
-            ),
-            upd AS (
-                UPDATE jobs j
-                SET state = i.to_state,
-                    stage = i.next_stage,
-                    checkpoint = CASE WHEN i.output IS NULL THEN j.checkpoint
-                                      ELSE j.checkpoint || jsonb_build_object(i.stage, i.output::jsonb) END,
-                    attempts = j.attempts + i.attempt_delta,
-                    run_at = CASE WHEN i.delay_s IS NULL THEN j.run_at
-                                  ELSE now() + make_interval(secs => i.delay_s) END,
-                    last_error = CASE WHEN i.event = 'released' THEN j.last_error
-                                      ELSE coalesce(i.error, j.last_error) END,
-                    lease_owner = CASE WHEN i.to_state = 'running' THEN j.lease_owner END,
-                    lease_expires_at = CASE WHEN i.to_state = 'running' THEN j.lease_expires_at END,
-                    finished_at = CASE WHEN i.to_state IN ('succeeded', 'dead') THEN now() END,
-                    progress = CASE WHEN i.to_state = 'running' THEN j.progress END,
-                    -- The happy path in the row (ADR 0018): the stage that finished the job,
-                    -- and who ran the attempt, read by the job_events view.
-                    final_stage = CASE WHEN i.to_state = 'succeeded' THEN i.stage
-                                       ELSE j.final_stage END,
-                    final_stage_ms = CASE WHEN i.to_state = 'succeeded' THEN i.duration_ms
-                                          ELSE j.final_stage_ms END,
-                    ran_by = CASE WHEN i.to_state = 'running' THEN j.ran_by ELSE j.lease_owner END,
-                    ran_version = CASE WHEN i.to_state = 'running' THEN j.ran_version ELSE $14 END,
-                    -- The worker came back with a verdict: it did not die in this stage.
-                    rescue_streak = 0,
-                    updated_at = now()
-                FROM input i
-                -- "Still running" is tested as `lease_owner IS NOT NULL` (equivalent by a CHECK
-                -- constraint), and in a form that names the input row, so it is checked on the
-                -- joined pair and not estimated on jobs_live alone: analysed while a backlog
-                -- waited and nothing ran, lease_owner looked always NULL, the planner expected
-                -- one running job, and every completion scanned jobs_live once per input row
-                -- (400 ms a batch of 500). `finished_at IS NULL` keeps the plan on jobs_live; a
-                -- job that finishes here moves to its day's partition in this statement. The
-                -- ANY, as in the claim, reads the rows by id whatever plan the cache picks: a
-                -- custom plan for a batch of 500 hash-joined a scan of all of jobs_live (13 ms
-                -- of 22 behind a 20,000-job backlog; 0.7 ms by id).
-                WHERE j.id = i.id AND j.id = ANY ($1) AND j.fencing_token = i.token
-                  AND j.finished_at IS NULL AND (j.lease_owner IS NOT NULL OR i.id IS NULL)
-                RETURNING j.id, j.kind, j.payload, j.attempts, i.event, i.to_state, i.stage,
-                          i.error, i.attempt, i.duration_ms, i.token, j.started_at,
-                          j.first_claim_in_row
-            ),
-            ev AS (
-                -- The stage that finished the job is kept in its row. A first attempt that
-                -- ends otherwise writes out its claim, which the row held (ADR 0018).
-                INSERT INTO job_event_log (at, job_id, event, from_state, to_state, stage, attempt,
-                                        fencing_token, worker_id, worker_version, duration_ms, error)
-                SELECT started_at, id, 'claimed', 'queued', 'running', NULL, 1, token, $13, $14,
-                       NULL, NULL
-                FROM upd WHERE to_state NOT IN ('running', 'succeeded') AND first_claim_in_row
-                UNION ALL
-                SELECT now(), id, event, 'running', to_state, stage, attempt, token, $13, $14,
-                       duration_ms, error
-                FROM upd WHERE to_state <> 'succeeded'
-            ),
-            dl AS (
-                INSERT INTO dead_letters (job_id, kind, bu_id, connector, failed_stage, attempts, reason)
-                SELECT id, kind, payload ->> 'bu_id', payload ->> 'connector', stage, attempts,
-                       coalesce(error, 'dead')
-                FROM upd WHERE to_state = 'dead'
-            )
-            SELECT id FROM upd
-            "#,
+            "SELECT id FROM etlq_apply_transitions($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                                                   $12, $13, $14)",
         )
         .bind(&ids)
         .bind(&tokens)

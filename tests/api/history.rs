@@ -339,7 +339,7 @@ async fn a_kill_9_in_the_middle_of_a_move_loses_and_duplicates_nothing() {
     // Inside the move: the statement ran, its transaction is open.
     crate::helpers::wait_open_transaction(
         &db.pool,
-        "%UPDATE jobs j%to_state%",
+        "%etlq_apply_transitions%",
         "a finishing statement to hold its transaction",
     )
     .await;

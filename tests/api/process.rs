@@ -223,7 +223,11 @@ async fn a_process_restarting_after_a_newer_release_migrated_starts_and_runs_job
             .fetch_all(&db.pool)
             .await
             .unwrap();
-    assert_eq!(versions.last(), Some(&newer), "the newer migration is left alone");
+    assert_eq!(
+        versions.last(),
+        Some(&newer),
+        "the newer migration is left alone"
+    );
     assert_eq!(
         versions.len(),
         etlq::db::MIGRATOR.iter().count() + 1,

@@ -348,3 +348,125 @@ async fn a_claim_counts_its_own_departures_and_the_statements_after_it_are_count
     .unwrap();
     assert_eq!(finished, 1);
 }
+
+async fn day_counts(db: &TestDb) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT kind, state, sum(n)::int8 FROM job_counts GROUP BY 1, 2 HAVING sum(n) <> 0
+          ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+async fn dead_sum(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(dead), 0)::int8
+           FROM (SELECT dead FROM job_minute_deltas UNION ALL SELECT dead FROM job_event_minutes) m",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_completion_counts_its_own_transitions_and_the_statements_after_it_are_counted_as_before()
+{
+    let db = TestDb::new().await;
+    let store = db.store();
+    let a = worker("a");
+    let lease = Duration::from_secs(30);
+    let kinds = ["noop".to_string(), "other".to_string()];
+    let jobs: Vec<NewJob> = (0..8)
+        .map(|i| NewJob::new(&kinds[i % 2], json!({})))
+        .collect();
+    store.enqueue_many(&jobs).await.unwrap();
+    let mut claimed = store.claim(&a, &kinds, 6, lease).await.unwrap();
+    claimed.sort_by_key(|j| j.id);
+    assert_eq!(claimed.len(), 6);
+    assert_eq!(minute_sums(&db).await, (8, 6, 0, 0));
+
+    // One batch with every way a transition ends, over both kinds; jobs 0, 2, 4 are `noop`.
+    let next = TransitionEvent::StageCompleted {
+        output: json!({"rows": 1}),
+        next_stage: Some("second".into()),
+    };
+    let retry = TransitionEvent::RetryScheduled {
+        error: "again".into(),
+        delay_ms: 0,
+    };
+    let dead = TransitionEvent::Dead {
+        error: "broken".into(),
+    };
+    let released = TransitionEvent::Released {
+        reason: "draining".into(),
+    };
+    let batch = [
+        ended(&claimed[0], done()),
+        ended(&claimed[1], done()),
+        ended(&claimed[2], next),
+        ended(&claimed[3], retry),
+        ended(&claimed[4], dead),
+        ended(&claimed[5], released),
+    ];
+    assert_eq!(store.apply(&a, &batch).await.unwrap().len(), 6);
+    // Arrivals: the retried and the released job; failures: the retry and the death.
+    assert_eq!(minute_sums(&db).await, (10, 6, 2, 2));
+    assert_eq!(dead_sum(&db).await, 1);
+    let day = |k: &str, s: &str, n| (k.to_string(), s.to_string(), n);
+    assert_eq!(
+        day_counts(&db).await,
+        [
+            day("noop", "dead", 1),
+            day("noop", "succeeded", 1),
+            day("other", "succeeded", 1)
+        ]
+    );
+    // A fenced-off transition (its token is stale) changes and counts nothing.
+    assert!(
+        store
+            .apply(&a, &[ended(&claimed[0], done())])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(minute_sums(&db).await, (10, 6, 2, 2));
+
+    // The completion's mark ends with its statement: a job handed back to the queue by hand
+    // later in the same transaction is counted by the triggers.
+    let running = claimed[2].clone();
+    let mut tx = db.pool.begin().await.unwrap();
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM etlq_apply_transitions(
+             ARRAY[$1::int8], ARRAY[$2::int8], '{stage_completed}', '{succeeded}', '{second}',
+             '{NULL}', '{NULL}', '{0}', '{NULL}', '{NULL}', ARRAY[$3::int4], '{2.5}', 'a', 'v-a')",
+    )
+    .bind(running.id)
+    .bind(running.fencing_token)
+    .bind(running.attempts)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(applied, 1);
+    let other = store.claim(&a, &kinds, 1, lease).await.unwrap();
+    assert_eq!(other.len(), 1);
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1",
+    )
+    .bind(other[0].id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // One more success (the function), a claim's departure, and the hand-made arrival.
+    assert_eq!(minute_sums(&db).await, (11, 7, 3, 2));
+    assert_eq!(
+        day_counts(&db).await,
+        [
+            day("noop", "dead", 1),
+            day("noop", "succeeded", 2),
+            day("other", "succeeded", 1)
+        ]
+    );
+}
