@@ -186,6 +186,21 @@ impl Pools {
     /// Migrates the database the pools point at.
     pub async fn migrate(&self) -> Result<(), DbError> {
         MIGRATOR.run(&self.main).await?;
+        // Said once at startup, so that a mixed fleet is visible in the logs (ADR 0025).
+        let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        let newer: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE version <> ALL ($1) ORDER BY version",
+        )
+        .bind(&known)
+        .fetch_all(&self.main)
+        .await?;
+        if !newer.is_empty() {
+            tracing::warn!(
+                ?newer,
+                "the database has migrations this release does not know: a newer release \
+                 migrated it (a rolling deploy in progress?); running on its schema"
+            );
+        }
         // Finished jobs need today's partition (and the next days'): every process that
         // migrates makes sure they exist before it moves a job (ADR 0017).
         sqlx::query("SELECT etlq_ensure_history_partitions($1)")

@@ -214,6 +214,15 @@ async fn a_process_restarting_after_a_newer_release_migrated_starts_and_runs_job
         "etlq migrate on a newer schema: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("migrations this release does not know") && said.contains("29991231000001"),
+        "the newer schema is said: {said}"
+    );
 
     let _p = spawn_process("worker", &process_env(&db.url, "v1"));
     let id = db.enqueue("test", json!({})).await;
