@@ -36,10 +36,17 @@ pub enum DbError {
         "database {database:?} does not exist on {server}: check DATABASE_URL, or create it with `etlq migrate` (`etlq serve` creates it too)"
     )]
     MissingDatabase { database: String, server: String },
+    /// The migrator's message, kept as text: as a source it was printed twice in `{:#}`.
     #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(String),
     #[error(transparent)]
     Sql(#[from] sqlx::Error),
+}
+
+impl From<sqlx::migrate::MigrateError> for DbError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        DbError::Migrate(e.to_string())
+    }
 }
 
 impl DbError {

@@ -185,6 +185,23 @@ async fn sigterm_mid_stage_finishes_the_stage_releases_the_job_and_exits_zero() 
     assert_eq!((mode.as_str(), stopped), ("SafeToStop", true));
 }
 
+/// `etlq migrate` on `url`: whether it succeeded, and what it said (warnings included).
+fn etlq_migrate(url: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etlq"))
+        .arg("migrate")
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .env_remove("ETLQ_CONFIG")
+        .output()
+        .expect("run etlq migrate");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
 /// During a rolling deploy the next release migrates first. A process of the previous release
 /// that restarts then (a crash, a host moved) finds a migration it does not know: it must
 /// start, migrate nothing, and run jobs (ADR 0025). Without `ignore_missing` it refused to
@@ -202,23 +219,8 @@ async fn a_process_restarting_after_a_newer_release_migrated_starts_and_runs_job
     .await
     .unwrap();
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etlq"))
-        .arg("migrate")
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "warn")
-        .env_remove("ETLQ_CONFIG")
-        .output()
-        .expect("run etlq migrate");
-    assert!(
-        out.status.success(),
-        "etlq migrate on a newer schema: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said) = etlq_migrate(&db.url);
+    assert!(ok, "etlq migrate on a newer schema: {said}");
     assert!(
         said.contains("migrations this release does not know") && said.contains("29991231000001"),
         "the newer schema is said: {said}"
@@ -242,4 +244,16 @@ async fn a_process_restarting_after_a_newer_release_migrated_starts_and_runs_job
         etlq::db::MIGRATOR.iter().count() + 1,
         "nothing migrated twice or taken back"
     );
+
+    // A migration this release knows whose text changed is a broken release, not a deploy in
+    // progress: still refused, and said once.
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea WHERE version = $1")
+        .bind(versions[0])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let (ok, err) = etlq_migrate(&db.url);
+    assert!(!ok, "a changed migration is refused");
+    assert_eq!(err.matches("migrations failed").count(), 1, "{err}");
+    assert_eq!(err.matches("modified").count(), 1, "said once: {err}");
 }
