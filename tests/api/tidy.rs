@@ -682,3 +682,91 @@ fn src_nested(path: &str) -> bool {
         && !path.starts_with("/v1")
         && path != "/"
 }
+
+/// The first migration ADR 0025's rule holds for; the ones before it reshaped tables in ways
+/// the rule now forbids (and kept the previous release working by hand).
+const FIRST_EXPAND_ONLY_MIGRATION: u64 = 20261204000013;
+
+/// What a migration may not do while a previous release still runs on its schema (ADR 0025):
+/// take away or reshape something that release's statements name. Comments and function
+/// bodies (`$$ … $$`: what a function does when called, e.g. dropping an expired partition)
+/// aside.
+fn breaks_previous_release(sql: &str) -> Vec<&'static str> {
+    let text: String = sql
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .split("$$")
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase();
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let text = words.join(" ");
+    let mut found = Vec::new();
+    for (what, rule) in [
+        ("DROP TABLE", "drops a table"),
+        ("DROP VIEW", "drops a view"),
+        ("DROP COLUMN", "drops a column"),
+        ("DROP FUNCTION", "drops a function"),
+        (" RENAME ", "renames something"),
+        ("SET NOT NULL", "makes a column NOT NULL"),
+    ] {
+        if text.contains(what) {
+            found.push(rule);
+        }
+    }
+    // A column's type changed, or a NOT NULL column added without a default (the previous
+    // release's inserts do not name it).
+    for stmt in text.split(';') {
+        if stmt.contains("ALTER COLUMN") && stmt.contains(" TYPE ") {
+            found.push("changes a column's type");
+        }
+        if stmt.contains("ADD COLUMN") && stmt.contains("NOT NULL") && !stmt.contains("DEFAULT") {
+            found.push("adds a NOT NULL column without a default");
+        }
+    }
+    found
+}
+
+#[test]
+fn migrations_keep_the_previous_releases_statements_working() {
+    let mut checked = 0;
+    let mut offenders = Vec::new();
+    for e in std::fs::read_dir(root().join("migrations"))
+        .unwrap()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let version: u64 = name.split('_').next().unwrap().parse().unwrap();
+        if version < FIRST_EXPAND_ONLY_MIGRATION {
+            continue;
+        }
+        checked += 1;
+        let sql = std::fs::read_to_string(e.path()).unwrap();
+        for rule in breaks_previous_release(&sql) {
+            offenders.push(format!("{name} {rule}"));
+        }
+    }
+    assert!(checked >= 5, "the walk found the migrations");
+    assert!(
+        offenders.is_empty(),
+        "a previous release runs on this schema during a deploy (ADR 0025); wait for the \
+         release after: {offenders:?}"
+    );
+    // The rule itself.
+    assert!(breaks_previous_release("ALTER TABLE jobs DROP COLUMN progress;").len() == 1);
+    assert!(breaks_previous_release("ALTER TABLE jobs\n  RENAME TO jobs_old;").len() == 1);
+    assert!(breaks_previous_release("ALTER TABLE t ALTER COLUMN n TYPE bigint;").len() == 1);
+    assert!(breaks_previous_release("ALTER TABLE t ADD COLUMN b boolean NOT NULL;").len() == 1);
+    assert!(
+        breaks_previous_release(
+            "-- DROP TABLE in prose\nALTER TABLE t ADD COLUMN b boolean NOT NULL DEFAULT false;\n\
+             CREATE OR REPLACE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$\n\
+             BEGIN EXECUTE format('DROP TABLE %I', 'p'); END $$;\n\
+             DROP TRIGGER IF EXISTS x ON t; DROP INDEX i;"
+        )
+        .is_empty()
+    );
+}
