@@ -194,13 +194,16 @@ impl Pools {
     pub async fn migrate(&self) -> Result<(), DbError> {
         MIGRATOR.run(&self.main).await?;
         // Said once at startup, so that a mixed fleet is visible in the logs (ADR 0025).
-        let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
-        let newer: Vec<i64> = sqlx::query_scalar(
-            "SELECT version FROM _sqlx_migrations WHERE version <> ALL ($1) ORDER BY version",
-        )
-        .bind(&known)
-        .fetch_all(&self.main)
-        .await?;
+        let applied = {
+            use sqlx::migrate::Migrate;
+            let mut conn = self.main.acquire().await?;
+            conn.list_applied_migrations(&MIGRATOR.table_name).await?
+        };
+        let newer: Vec<i64> = applied
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !MIGRATOR.version_exists(*v))
+            .collect();
         if !newer.is_empty() {
             tracing::warn!(
                 ?newer,
