@@ -4,6 +4,10 @@
 //! SafeToStop can never disagree. Claims reserve their slots here first: a claim racing a drain
 //! either reserves before it (and the drain waits for it to settle) or gets nothing. Reserved
 //! slots are not shown as in flight: the status says how many jobs are running, never more.
+//!
+//! A job whose stages are done leaves its slot while its outcome is written (ADR 0026): it is
+//! counted as `writing`, at most `worker.concurrency` of them, and the drain waits for those
+//! too, so SafeToStop still means every job this process took has its outcome written.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,7 +41,10 @@ impl Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Status {
     pub mode: Mode,
+    /// Jobs running stages here (at most `worker.concurrency`).
     pub in_flight: usize,
+    /// Jobs whose stages are done here, their outcome being written (ADR 0026).
+    pub writing: usize,
 }
 
 #[derive(Clone)]
@@ -51,6 +58,10 @@ struct Inner {
     /// Bumped when running stages must be cancelled and their jobs released (drain timeout,
     /// or a second stop signal). Runners watch it for changes.
     force: watch::Sender<u64>,
+    /// Told when the in-flight count changes (the heartbeat's debounced write follows it).
+    /// Subscribers of `status` are woken by mode changes only: a change of count per finished
+    /// job woke every claim loop, the drain timer and the SafeToStop waiters each time.
+    in_flight_changed: tokio::sync::Notify,
     drain_timeout: Duration,
 }
 
@@ -60,6 +71,8 @@ struct State {
     running: usize,
     /// Slots reserved by claims still on their way to PostgreSQL.
     claiming: usize,
+    /// Jobs off their slots whose outcome is being written.
+    writing: usize,
     /// Identifies one drain, so a timer left over from a drain that was resumed does nothing.
     epoch: u64,
 }
@@ -69,6 +82,7 @@ impl Lifecycle {
         let initial = Status {
             mode: Mode::Normal,
             in_flight: 0,
+            writing: 0,
         };
         Lifecycle {
             inner: Arc::new(Inner {
@@ -76,10 +90,12 @@ impl Lifecycle {
                     mode: Mode::Normal,
                     running: 0,
                     claiming: 0,
+                    writing: 0,
                     epoch: 0,
                 }),
                 status: watch::channel(initial).0,
                 force: watch::channel(0).0,
+                in_flight_changed: tokio::sync::Notify::new(),
                 drain_timeout,
             }),
         }
@@ -93,8 +109,16 @@ impl Lifecycle {
         self.status().mode
     }
 
+    /// Wakes on mode changes; the counts it holds are current whenever read, but a change of
+    /// count alone wakes nobody (see [`Lifecycle::in_flight_changed`]).
     pub fn subscribe(&self) -> watch::Receiver<Status> {
         self.inner.status.subscribe()
+    }
+
+    /// Resolves after the in-flight count changed (at once if it changed since the last
+    /// call). For one waiter: the heartbeat.
+    pub async fn in_flight_changed(&self) {
+        self.inner.in_flight_changed.notified().await
     }
 
     /// Changes of this value ask every running stage to stop and release its job.
@@ -106,8 +130,18 @@ impl Lifecycle {
         let status = Status {
             mode: st.mode,
             in_flight: st.running,
+            writing: st.writing,
         };
-        self.inner.status.send_replace(status);
+        let mut counted = false;
+        self.inner.status.send_if_modified(|shown| {
+            let mode_changed = shown.mode != status.mode;
+            counted = shown.in_flight != status.in_flight;
+            *shown = status;
+            mode_changed
+        });
+        if counted {
+            self.inner.in_flight_changed.notify_one();
+        }
         status
     }
 
@@ -145,8 +179,30 @@ impl Lifecycle {
         self.settled(&mut st);
     }
 
+    /// A running job's stages are done and its outcome goes to be written: it leaves its slot
+    /// (true) unless `cap` outcomes are being written already, when it keeps the slot until
+    /// its outcome is written (false). Each job handed over is ended with
+    /// [`Lifecycle::written`], not [`Lifecycle::release`].
+    pub fn hand_over(&self, cap: usize) -> bool {
+        let mut st = self.inner.state.lock().unwrap();
+        if st.running == 0 || st.writing >= cap {
+            return false;
+        }
+        st.running -= 1;
+        st.writing += 1;
+        self.publish(&st);
+        true
+    }
+
+    /// The outcome of a job handed over is written (or given up on).
+    pub fn written(&self) {
+        let mut st = self.inner.state.lock().unwrap();
+        st.writing = st.writing.saturating_sub(1);
+        self.settled(&mut st);
+    }
+
     fn settled(&self, st: &mut State) {
-        if st.mode == Mode::PreparingForStop && st.running + st.claiming == 0 {
+        if st.mode == Mode::PreparingForStop && st.running + st.claiming + st.writing == 0 {
             st.mode = Mode::SafeToStop;
             tracing::info!("drained: SafeToStop");
         }
@@ -161,7 +217,7 @@ impl Lifecycle {
             return self.publish(&st);
         }
         st.epoch += 1;
-        if st.running + st.claiming == 0 {
+        if st.running + st.claiming + st.writing == 0 {
             st.mode = Mode::SafeToStop;
             tracing::info!("drain requested while idle: SafeToStop");
         } else {
@@ -169,6 +225,7 @@ impl Lifecycle {
             tracing::info!(
                 in_flight = st.running,
                 claiming = st.claiming,
+                writing = st.writing,
                 "drain requested: PreparingForStop"
             );
         }
@@ -301,6 +358,34 @@ mod tests {
         assert_eq!(l.mode(), Mode::PreparingForStop);
         l.release(1);
         assert_eq!(l.mode(), Mode::SafeToStop);
+    }
+
+    #[test]
+    fn a_job_handed_over_leaves_its_slot_and_the_drain_waits_for_its_outcome() {
+        let l = Lifecycle::new(Duration::from_secs(5));
+        l.try_reserve(2, 2);
+        l.settle(2, 2);
+        assert_eq!(l.try_reserve(1, 2), 0, "both slots run jobs");
+        assert!(l.hand_over(1), "the first outcome to write");
+        assert_eq!(l.status().in_flight, 1);
+        assert_eq!(l.status().writing, 1);
+        assert!(
+            !l.hand_over(1),
+            "one outcome is being written already: the cap"
+        );
+        assert_eq!(l.try_reserve(5, 2), 1, "the slot handed over is free");
+        l.settle(1, 0);
+        assert_eq!(l.drain().mode, Mode::PreparingForStop);
+        l.release(1);
+        assert_eq!(l.status().in_flight, 0);
+        assert_eq!(
+            l.mode(),
+            Mode::PreparingForStop,
+            "an outcome is still being written"
+        );
+        l.written();
+        assert_eq!(l.mode(), Mode::SafeToStop);
+        assert_eq!(l.status().writing, 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -112,6 +112,7 @@ pub struct Metrics {
     pub queue_depth: Family<StateLabels, Gauge>,
     pub dead_letters_open: Gauge,
     pub in_flight: Gauge,
+    pub writing: Gauge,
     pub mode: Family<ModeLabels, Gauge>,
     source_ticks: Family<SourceTickLabels, Counter>,
     source_blobs: Family<SourceBlobLabels, Counter>,
@@ -142,6 +143,7 @@ impl Default for Metrics {
             queue_depth: Family::default(),
             dead_letters_open: Gauge::default(),
             in_flight: Gauge::default(),
+            writing: Gauge::default(),
             mode: Family::default(),
             source_ticks: Family::default(),
             source_blobs: Family::default(),
@@ -238,8 +240,13 @@ impl Default for Metrics {
         );
         r.register(
             "in_flight",
-            "Jobs held by this process",
+            "Jobs running stages in this process",
             m.in_flight.clone(),
+        );
+        r.register(
+            "writing",
+            "Jobs whose stages are done here, their outcome being written",
+            m.writing.clone(),
         );
         r.register(
             "mode",

@@ -54,6 +54,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let m = &state.metrics;
     let status = state.lifecycle.status();
     m.in_flight.set(status.in_flight as i64);
+    m.writing.set(status.writing as i64);
     for mode in [Mode::Normal, Mode::PreparingForStop, Mode::SafeToStop] {
         m.mode
             .get_or_create(&ModeLabels {

@@ -14,6 +14,7 @@ fn body(state: &AppState, status: Status) -> Value {
     json!({
         "mode": status.mode,
         "in_flight": status.in_flight,
+        "writing": status.writing,
         "worker_id": state.identity.id,
         "version": state.identity.version,
     })

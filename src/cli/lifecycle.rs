@@ -75,11 +75,18 @@ fn describe(status: &Value) -> String {
             busy.join(", ")
         )
     } else {
+        // An older release's response has no `writing`.
+        let writing = status["writing"].as_u64().unwrap_or(0);
         format!(
-            "process {} is {} with {} job(s) in flight",
+            "process {} is {} with {} job(s) in flight{}",
             status["worker_id"].as_str().unwrap_or("?"),
             status["mode"].as_str().unwrap_or("?"),
-            status["in_flight"]
+            status["in_flight"],
+            if writing > 0 {
+                format!(" and {writing} outcome(s) being written")
+            } else {
+                String::new()
+            }
         )
     }
 }

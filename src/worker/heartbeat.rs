@@ -47,7 +47,8 @@ pub(super) async fn fleet_heartbeat(s: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(s.config.heartbeat) => false,
             _ = s.fleet_wake.notified() => false,
-            r = status.wait_for(|st| *st != written) => r.is_ok_and(|st| st.mode == written.mode),
+            _ = status.wait_for(|st| st.mode != written.mode) => false,
+            _ = s.lifecycle.in_flight_changed() => true,
         };
         if count_changed {
             tokio::select! {

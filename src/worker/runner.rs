@@ -1,6 +1,7 @@
 //! Runs one claimed job stage by stage, committing a checkpoint after each.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
@@ -43,22 +44,53 @@ pub(crate) async fn run_job(s: Arc<Shared>, completer: Completer, job: ClaimedJo
             renewed_at: Instant::now(),
         },
     );
-    let _slot = Slot {
+    let slot = Slot {
         s: &s,
         job_id: job.id,
+        handed_over: AtomicBool::new(false),
     };
     let span =
         tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempts);
-    run_stages(&s, &completer, &job, &cancel, &reason, Instant::now())
-        .instrument(span)
-        .await;
+    run_stages(
+        &s,
+        &completer,
+        &job,
+        &cancel,
+        &reason,
+        Instant::now(),
+        &slot,
+    )
+    .instrument(span)
+    .await;
 }
 
 /// Frees the job's slot however the runner ends, even by unwinding: a leaked slot would keep
-/// the process from ever reaching SafeToStop.
+/// the process from ever reaching SafeToStop. A job whose stages are done leaves its slot
+/// earlier, while its outcome is written ([`Slot::leave`], ADR 0026); it stays held (its lease
+/// renewed) and counted as writing until the runner ends.
 struct Slot<'a> {
     s: &'a Shared,
     job_id: i64,
+    handed_over: AtomicBool,
+}
+
+impl Slot<'_> {
+    /// The job's stages are done: its slot goes to the next job while the outcome is written,
+    /// unless `worker.concurrency` outcomes are being written already (then it keeps it).
+    fn leave(&self) {
+        if !self.handed_over.load(Ordering::Relaxed)
+            && self.s.lifecycle.hand_over(self.s.config.concurrency)
+        {
+            self.handed_over.store(true, Ordering::Relaxed);
+            self.freed();
+        }
+    }
+
+    fn freed(&self) {
+        self.s.slot_freed.notify_one();
+        // Offered to pushed jobs too, while the process advertises (ADR 0020).
+        self.s.parking.slot_freed();
+    }
 }
 
 impl Drop for Slot<'_> {
@@ -66,10 +98,12 @@ impl Drop for Slot<'_> {
         if let Ok(mut held) = self.s.held.lock() {
             held.remove(&self.job_id);
         }
-        self.s.lifecycle.release(1);
-        self.s.slot_freed.notify_one();
-        // Offered to pushed jobs too, while the process advertises (ADR 0020).
-        self.s.parking.slot_freed();
+        if self.handed_over.load(Ordering::Relaxed) {
+            self.s.lifecycle.written();
+        } else {
+            self.s.lifecycle.release(1);
+            self.freed();
+        }
     }
 }
 
@@ -80,6 +114,7 @@ async fn run_stages(
     cancel: &CancellationToken,
     reason: &Mutex<Option<CancelReason>>,
     claimed: Instant,
+    slot: &Slot<'_>,
 ) {
     let transition = |event, stage: Option<&str>, duration_ms| Transition {
         job_id: job.id,
@@ -187,6 +222,9 @@ async fn run_stages(
             Ok(output) => {
                 let next = kind.stages.get(idx + 1).map(|st| st.name().to_string());
                 let last = next.is_none();
+                if last {
+                    slot.leave();
+                }
                 let t = transition(
                     TransitionEvent::StageCompleted {
                         output: output.clone(),
@@ -253,6 +291,7 @@ async fn run_stages(
             TransitionEvent::Dead { error } => Some(("dead", Some(error.clone()))),
             _ => None,
         };
+        slot.leave();
         if completer
             .submit(transition(event, Some(&stage_name), duration_ms))
             .await

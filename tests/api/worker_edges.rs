@@ -1,14 +1,16 @@
 //! The worker at the edges an outside review found (issue 18): the concurrency cap under
 //! several claim loops, a statement PostgreSQL refuses, and the fleet row following the
-//! process.
+//! process; and a finished job leaving its slot while its outcome is written (ADR 0026).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 
+use etlq::lifecycle::Mode;
 use etlq::queue::{JobState, NewJob};
 use etlq::startup::Role;
+use etlq::worker::Signal;
 
 use crate::helpers::*;
 
@@ -210,5 +212,115 @@ async fn the_fleet_row_follows_the_in_flight_count_between_beats() {
         || async { (row().await == Some(0)).then_some(()) },
     )
     .await;
+    app.stop().await;
+}
+
+/// Waits until the worker has told that it started `id`.
+async fn wait_started(signals: &mut tokio::sync::broadcast::Receiver<Signal>, id: i64) {
+    tokio::time::timeout(T, async {
+        loop {
+            match signals.recv().await {
+                Ok(Signal::Claimed(c)) if c.contains(&id) => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("signals closed: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job {id} did not start within {T:?}"));
+}
+
+async fn state_in_db(pool: &sqlx::PgPool, id: i64) -> String {
+    sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn finished_jobs_leave_their_slots_while_their_outcomes_are_written() {
+    // ADR 0026. One slot. A's outcome is held up for real: a transaction of the test's holds
+    // A's row, so the completion statement waits on it.
+    let db = Arc::new(TestDb::new().await);
+    let app = spawn_app_on(db.clone(), Role::Serve, |s| {
+        s.worker.concurrency = 1;
+        s.worker.fetch_batch = 1;
+        s.worker.completion_wait_ms = 0;
+    })
+    .await;
+    let mut signals = app.app.as_ref().unwrap().signals.subscribe();
+    let a = app
+        .enqueue("test", json!({"sleep_ms": {"third": 500}}))
+        .await;
+    wait_for(T, "A's last stage to start", || async {
+        let stage: Option<String> = sqlx::query_scalar("SELECT stage FROM jobs WHERE id = $1")
+            .bind(a)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        (stage.as_deref() == Some("third")).then_some(())
+    })
+    .await;
+    let mut hold = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR SHARE")
+        .bind(a)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    wait_for(
+        T,
+        "A's stages to be done and its outcome waiting",
+        || async {
+            let st = app.lifecycle().status();
+            (st.in_flight == 0 && st.writing == 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(state_in_db(&db.pool, a).await, "running");
+
+    // A drain waits for the write although no stage runs.
+    assert_eq!(app.lifecycle().drain().mode, Mode::PreparingForStop);
+    let (_, body) = app.get("/v1/lifecycle").await;
+    assert_eq!(body["in_flight"], 0);
+    assert_eq!(body["writing"], 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.lifecycle().mode(), Mode::PreparingForStop);
+    app.lifecycle().resume();
+
+    // The slot A left takes B while A's outcome is unwritten. B fails at once, and as one
+    // outcome is being written already (the cap: worker.concurrency), B keeps its slot: C
+    // waits for it.
+    let b = app
+        .enqueue("test", json!({"fail": {"first": {"fatal": true}}}))
+        .await;
+    wait_started(&mut signals, b).await;
+    assert_eq!(state_in_db(&db.pool, a).await, "running");
+    wait_for(T, "B's stage to fail and its outcome to wait", || async {
+        let st = app.lifecycle().status();
+        (st.in_flight == 1 && st.writing == 1).then_some(())
+    })
+    .await;
+    let c = app.enqueue("test", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(state_in_db(&db.pool, c).await, "queued", "C found no slot");
+    assert!(stage_runs(&db.pool, c).await.is_empty());
+
+    hold.rollback().await.unwrap();
+    let store = app.store();
+    require_state(&store, a, JobState::Succeeded, T).await;
+    require_state(&store, b, JobState::Dead, T).await;
+    require_state(&store, c, JobState::Succeeded, T).await;
+    assert_eq!(stage_names(&db.pool, a).await, ["first", "second", "third"]);
+    assert_eq!(stage_names(&db.pool, c).await, ["first", "second", "third"]);
+    wait_for(T, "every outcome written", || async {
+        let st = app.lifecycle().status();
+        (st.in_flight == 0 && st.writing == 0).then_some(())
+    })
+    .await;
+    app.lifecycle().drain();
+    tokio::time::timeout(T, app.lifecycle().safe_to_stop())
+        .await
+        .expect("SafeToStop once every outcome is written");
     app.stop().await;
 }
