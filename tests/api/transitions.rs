@@ -289,7 +289,8 @@ async fn a_claim_counts_its_own_departures_and_the_statements_after_it_are_count
     store.enqueue_many(&jobs).await.unwrap();
     assert_eq!(minute_sums(&db).await, (5, 0, 0, 0));
 
-    // The claim writes its own delta (ADR 0024); the triggers skip its statement.
+    // The claim writes its own delta (ADR 0024); its statement is on jobs_live (migration
+    // 18), which fires neither counting trigger, so nothing is counted twice.
     let first = claim_one(&store, &a, lease).await;
     let more = store
         .claim(&a, &["noop".to_string()], 2, lease)
@@ -306,8 +307,8 @@ async fn a_claim_counts_its_own_departures_and_the_statements_after_it_are_count
     store.apply(&a, &[ended(&first, retry)]).await.unwrap();
     assert_eq!(minute_sums(&db).await, (6, 3, 0, 1));
 
-    // The claim's mark ends with its statement: an update later in the same transaction (here
-    // a job handed back to the queue by hand) is counted by the triggers.
+    // An update later in the claim's transaction (here a job handed back to the queue by hand)
+    // is counted by the triggers.
     let mut tx = db.pool.begin().await.unwrap();
     let claimed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM etlq_claim(1, 'b', 30, 'v', '{noop}')")
