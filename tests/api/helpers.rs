@@ -527,3 +527,22 @@ pub async fn wait_open_transaction(pool: &PgPool, like: &str, what: &str) {
     })
     .await;
 }
+
+/// Waits until the worker has told that it started job `id` (claimed or pushed).
+pub async fn wait_started(
+    signals: &mut tokio::sync::broadcast::Receiver<etlq::worker::Signal>,
+    id: i64,
+    timeout: Duration,
+) {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match signals.recv().await {
+                Ok(etlq::worker::Signal::Claimed(c)) if c.contains(&id) => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("signals closed: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("job {id} did not start within {timeout:?}"));
+}

@@ -312,17 +312,7 @@ async fn jobs_enqueued_back_to_back_each_start_once_without_a_rescue() {
     let mut ids = Vec::new();
     for _ in 0..150 {
         let id = app.enqueue("noop", json!({})).await;
-        tokio::time::timeout(T, async {
-            loop {
-                match signals.recv().await {
-                    Ok(Signal::Claimed(c)) if c.contains(&id) => return,
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(e) => panic!("signals closed: {e}"),
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("job {id} did not start within {T:?}"));
+        wait_started(&mut signals, id, T).await;
         ids.push(id);
     }
     for &id in &ids {

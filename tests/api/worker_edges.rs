@@ -10,7 +10,6 @@ use serde_json::json;
 use etlq::lifecycle::Mode;
 use etlq::queue::{JobState, NewJob};
 use etlq::startup::Role;
-use etlq::worker::Signal;
 
 use crate::helpers::*;
 
@@ -215,27 +214,8 @@ async fn the_fleet_row_follows_the_in_flight_count_between_beats() {
     app.stop().await;
 }
 
-/// Waits until the worker has told that it started `id`.
-async fn wait_started(signals: &mut tokio::sync::broadcast::Receiver<Signal>, id: i64) {
-    tokio::time::timeout(T, async {
-        loop {
-            match signals.recv().await {
-                Ok(Signal::Claimed(c)) if c.contains(&id) => return,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => panic!("signals closed: {e}"),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("job {id} did not start within {T:?}"));
-}
-
-async fn state_in_db(pool: &sqlx::PgPool, id: i64) -> String {
-    sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
+async fn state_in_db(store: &etlq::queue::JobStore, id: i64) -> JobState {
+    store.get(id).await.unwrap().state
 }
 
 #[tokio::test]
@@ -277,7 +257,7 @@ async fn finished_jobs_leave_their_slots_while_their_outcomes_are_written() {
         },
     )
     .await;
-    assert_eq!(state_in_db(&db.pool, a).await, "running");
+    assert_eq!(state_in_db(&app.store(), a).await, JobState::Running);
 
     // A drain waits for the write although no stage runs.
     assert_eq!(app.lifecycle().drain().mode, Mode::PreparingForStop);
@@ -294,8 +274,8 @@ async fn finished_jobs_leave_their_slots_while_their_outcomes_are_written() {
     let b = app
         .enqueue("test", json!({"fail": {"first": {"fatal": true}}}))
         .await;
-    wait_started(&mut signals, b).await;
-    assert_eq!(state_in_db(&db.pool, a).await, "running");
+    wait_started(&mut signals, b, T).await;
+    assert_eq!(state_in_db(&app.store(), a).await, JobState::Running);
     wait_for(T, "B's stage to fail and its outcome to wait", || async {
         let st = app.lifecycle().status();
         (st.in_flight == 1 && st.writing == 1).then_some(())
@@ -303,7 +283,11 @@ async fn finished_jobs_leave_their_slots_while_their_outcomes_are_written() {
     .await;
     let c = app.enqueue("test", json!({})).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(state_in_db(&db.pool, c).await, "queued", "C found no slot");
+    assert_eq!(
+        state_in_db(&app.store(), c).await,
+        JobState::Queued,
+        "C found no slot"
+    );
     assert!(stage_runs(&db.pool, c).await.is_empty());
 
     hold.rollback().await.unwrap();
