@@ -11,6 +11,9 @@
 //! `--wal-records` prints, for each run, where a processed job's WAL goes by record type
 //! (`pg_waldump --stats=record`; the server must be on this machine).
 //!
+//! `--timeline` prints, for each run, when its first job, a tenth, half and nine tenths had
+//! succeeded: a run's start-up apart from its steady rate.
+//!
 //! `--json FILE --run-no N` also appends each measurement to FILE as a JSON line shaped like
 //! the peers' kit's results (system, run, phase, jobs_per_s, wal_bytes_per_job, p50, ...), so
 //! `scripts/bench-vs-peers` can set them beside graphile-worker's runs of the same sitting.
@@ -173,10 +176,29 @@ async fn main() {
         let s = settings(&url, concurrency, batch);
         let t = Instant::now();
         let (metrics, stop, handle) = start_worker(&s, &pool, registry);
+        // `--timeline`: when the first job, a tenth, half and nine tenths had succeeded, to see
+        // a run's start-up and its tail apart from its steady rate.
+        let mut marks: Vec<(u64, f64)> = Vec::new();
+        let steps = [1, jobs as u64 / 10, jobs as u64 / 2, jobs as u64 * 9 / 10];
         while metrics.jobs_succeeded.get() < jobs as u64 {
+            let done = metrics.jobs_succeeded.get();
+            while marks.len() < steps.len() && done >= steps[marks.len()] {
+                marks.push((steps[marks.len()], t.elapsed().as_secs_f64() * 1e3));
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = t.elapsed().as_secs_f64();
+        if flag("--timeline") {
+            let at: Vec<String> = marks
+                .iter()
+                .map(|(n, ms)| format!("{n} at {ms:.0} ms"))
+                .collect();
+            println!(
+                "timeline: {}; all {jobs} at {:.0} ms",
+                at.join(", "),
+                elapsed * 1e3
+            );
+        }
         let (client1, server1) = cpu_seconds(data_dir.as_deref());
         let per_job = |s: f64| (s * 1e6 / jobs as f64).round();
         let wal = wal_since(&pool, &lsn0).await;

@@ -650,14 +650,21 @@ async fn a_claim_walks_its_index_even_when_statistics_are_stale() {
     );
 }
 
-/// Index entries read through `jobs_live_claim_idx` so far, as PostgreSQL's statistics count them.
-async fn claim_index_reads(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'jobs_live_claim_idx'",
+/// An index's scans and the entries read through it so far, as PostgreSQL's statistics count
+/// them.
+async fn index_stats(pool: &sqlx::PgPool, index: &str) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = $1",
     )
+    .bind(index)
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+/// Index entries read through `jobs_live_claim_idx` so far.
+async fn claim_index_reads(pool: &sqlx::PgPool) -> i64 {
+    index_stats(pool, "jobs_live_claim_idx").await.1
 }
 
 /// Claims `n` `noop` jobs through `JobStore::claim` and returns the index entries it read.
@@ -702,4 +709,36 @@ async fn a_claim_never_reads_the_queued_jobs_of_kinds_it_does_not_run() {
     sqlx::query("ANALYZE jobs").execute(&db.pool).await.unwrap();
     let read = claim_and_count_index_reads(&db, 5).await;
     assert!(read <= 20, "the claim read {read} index entries for 5 jobs");
+}
+
+#[tokio::test]
+async fn a_claim_updates_the_rows_it_locked_where_it_read_them() {
+    let db = TestDb::new().await;
+    let store = db.store();
+    // Enough jobs, analysed, that a lookup by id would go through the index (on a few
+    // hundred rows the planner scans the partition instead, and this test could not fail).
+    let jobs: Vec<NewJob> = (0..5_000)
+        .map(|_| NewJob::new("noop", serde_json::Value::Null))
+        .collect();
+    store.enqueue_many(&jobs).await.unwrap();
+    sqlx::query("ANALYZE jobs").execute(&db.pool).await.unwrap();
+    let before = index_stats(&db.pool, "jobs_live_id_idx").await.0;
+    // The claim reads its jobs through the claim index and locks them; its UPDATE then takes
+    // each locked row at the address it was read from (migration 19), not through the id
+    // index a second time. The statistics of one statement arrive all at once, so once its
+    // claim-index reads are counted, so are any id-index scans it made.
+    claim_and_count_index_reads(&db, 100).await;
+    assert_eq!(
+        index_stats(&db.pool, "jobs_live_id_idx").await.0 - before,
+        0,
+        "the claim scanned the id index"
+    );
+    let (running, tokens): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE fencing_token = 1 AND attempts = 1)
+           FROM jobs WHERE state = 'running'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((running, tokens), (100, 100), "each claimed job once");
 }
