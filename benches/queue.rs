@@ -178,17 +178,18 @@ async fn main() {
         let (metrics, stop, handle) = start_worker(&s, &pool, registry);
         // `--timeline`: when the first job, a tenth, half and nine tenths had succeeded, to see
         // a run's start-up and its tail apart from its steady rate.
+        let timeline = flag("--timeline");
         let mut marks: Vec<(u64, f64)> = Vec::new();
         let steps = [1, jobs as u64 / 10, jobs as u64 / 2, jobs as u64 * 9 / 10];
         while metrics.jobs_succeeded.get() < jobs as u64 {
             let done = metrics.jobs_succeeded.get();
-            while marks.len() < steps.len() && done >= steps[marks.len()] {
+            while timeline && marks.len() < steps.len() && done >= steps[marks.len()] {
                 marks.push((steps[marks.len()], t.elapsed().as_secs_f64() * 1e3));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = t.elapsed().as_secs_f64();
-        if flag("--timeline") {
+        if timeline {
             let at: Vec<String> = marks
                 .iter()
                 .map(|(n, ms)| format!("{n} at {ms:.0} ms"))
